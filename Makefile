@@ -1,0 +1,28 @@
+# Two commands that work on a fresh machine (see README):
+#   make demo   install, then train the embedded default (tiny models + MedSynth, CPU)
+#   make test   install, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch/torchvision pinned to the builds that install from local disk here.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e ".[dev]" $(TORCH_PINS)
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m medgpt_oss.demo
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) outputs data .pytest_cache

@@ -1,0 +1,1 @@
+"""medgpt-oss: a biomedical vision-language model in the MedGPT-oss recipe."""

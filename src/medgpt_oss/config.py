@@ -1,0 +1,26 @@
+"""Where the Hydra config tree lives and small helpers over composed configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# A wheel carries conf/ inside the package; a source checkout (editable install) has it at the top.
+CONF_DIR = _PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else _PACKAGE_DIR.parents[1] / "conf"
+MODEL_GROUPS = ("encoder", "projector", "llm", "lora")
+
+
+def available_stages() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def model_config(cfg: DictConfig) -> dict[str, Any]:
+    """The model parts of a composed config as plain, resolved dicts (what a stage saves as hparams)."""
+    return {name: OmegaConf.to_container(cfg[name], resolve=True) if cfg.get(name) else None for name in MODEL_GROUPS}

@@ -1,0 +1,109 @@
+"""The language model: any ``AutoModelForCausalLM`` (GPT-oss by default) + its tokenizer + LoRA.
+
+``scale=full`` loads weights from a local folder or the HF cache (never the
+network); ``scale=tiny`` builds the same model class from a small config with a
+deterministic random init and the shipped tiny harmony tokenizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from medgpt_oss.models.hub import check_scale, resolve_pretrained
+from medgpt_oss.models.tokenizer import HARMONY_SPECIAL_TOKENS, IMAGE_TOKEN, TINY_TOKENIZER_DIR
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    return getattr(torch, name) if name else None
+
+
+class LanguageModel(nn.Module):
+    """Causal LM + tokenizer, with the image sentinel token registered and optional LoRA."""
+
+    def __init__(
+        self,
+        pretrained: str,
+        scale: str = "full",
+        tiny: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        image_token: str = IMAGE_TOKEN,
+        dtype: str | None = None,
+        attn_implementation: str | None = "eager",
+        init_seed: int = 0,
+        lora: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.pretrained_id = pretrained
+        if check_scale(scale) == "full":
+            path = resolve_pretrained(pretrained, "llm.pretrained")
+            tok_path = resolve_pretrained(tokenizer, "llm.tokenizer") if tokenizer else path
+            self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(tok_path)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=_dtype(dtype), attn_implementation=attn_implementation
+            )
+        else:
+            tiny = dict(tiny or {})
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or TINY_TOKENIZER_DIR)
+            model_type = tiny.pop("model_type")
+            tiny.setdefault("vocab_size", len(self.tokenizer))
+            config = AutoConfig.for_model(model_type, **tiny)
+            config._attn_implementation = attn_implementation
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)  # same config -> bit-identical weights, so reloads match
+                self.model = AutoModelForCausalLM.from_config(config)
+        self._register_special_tokens(image_token)
+        self.image_token = image_token
+        self.lora_config = dict(lora) if lora else None
+        if self.lora_config:
+            self._apply_lora(self.lora_config)
+
+    def _register_special_tokens(self, image_token: str) -> None:
+        """Make sure the harmony control tokens and the image sentinel exist (any tokenizer)."""
+        vocab = self.tokenizer.get_vocab()
+        missing = [t for t in HARMONY_SPECIAL_TOKENS + [image_token] if t not in vocab]
+        if missing:
+            self.tokenizer.add_special_tokens({"additional_special_tokens": missing},
+                                              replace_extra_special_tokens=False)
+        # GPT-oss-20B has 201,088 embedding rows for ~200k tokens, so no resize is needed there.
+        if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
+            self.model.resize_token_embeddings(len(self.tokenizer))
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def _apply_lora(self, cfg: dict[str, Any]) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=cfg["rank"],
+            lora_alpha=cfg.get("alpha", 2 * cfg["rank"]),
+            lora_dropout=cfg.get("dropout", 0.0),
+            target_modules=list(cfg.get("target_modules") or []) or None,
+            target_parameters=list(cfg.get("target_parameters") or []) or None,
+            bias="none",
+        )
+        self.model = get_peft_model(self.model, config)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    @property
+    def image_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(self.image_token)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def is_adapter_param(self, name: str) -> bool:
+        return "lora_" in name
+
+    def fsdp_wrap_modules(self) -> set[type[nn.Module]]:
+        names = set(getattr(self.model, "_no_split_modules", None) or [])
+        return {type(m) for m in self.model.modules() if type(m).__name__ in names}
+
+    def forward(self, **kwargs: Any):  # noqa: D401 - thin pass-through
+        return self.model(**kwargs)

@@ -1,0 +1,117 @@
+"""MedVLM: vision encoder -> projector -> LLM, composed from config.
+
+Images enter the text as runs of the image token (``tokens_per_image`` copies
+per image, laid out by :mod:`medgpt_oss.data.conversation`); :meth:`MedVLM.embed`
+overwrites those positions with the projected patch features, in order. Any
+number of images per sample (multi-view, longitudinal) and samples without
+images are handled the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from medgpt_oss.data.processor import ModelInputSpec
+from medgpt_oss.models.encoders import VisionEncoder
+from medgpt_oss.models.llm import LanguageModel
+from medgpt_oss.models.projectors import Projector
+
+COMPONENTS = ("encoder", "projector", "llm")
+
+
+class MedVLM(nn.Module):
+    def __init__(self, encoder: VisionEncoder, projector: Projector, llm: LanguageModel) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+        self.llm = llm
+        self.tokens_per_image = projector.output_tokens(encoder.num_tokens)
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | DictConfig) -> MedVLM:
+        """Build from ``{encoder, projector, llm, lora}`` config dicts (the Hydra groups)."""
+        cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
+        encoder = hydra.utils.instantiate(cfg.encoder)
+        lora = OmegaConf.to_container(cfg.lora, resolve=True) if cfg.get("lora") else None
+        llm = hydra.utils.instantiate(cfg.llm, lora=lora)
+        projector = hydra.utils.instantiate(cfg.projector)(in_dim=encoder.hidden_size, out_dim=llm.hidden_size)
+        return cls(encoder, projector, llm)
+
+    @property
+    def tokenizer(self):
+        return self.llm.tokenizer
+
+    @property
+    def image_token_id(self) -> int:
+        return self.llm.image_token_id
+
+    def input_spec(self) -> ModelInputSpec:
+        return ModelInputSpec(
+            tokenizer=self.llm.tokenizer,
+            image_token=self.llm.image_token,
+            tokens_per_image=self.tokens_per_image,
+            image_size=self.encoder.image_size,
+            image_mean=tuple(self.encoder.image_mean),
+            image_std=tuple(self.encoder.image_std),
+        )
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> [N, tokens_per_image, llm_hidden]."""
+        encoder_dtype = next(self.encoder.parameters()).dtype
+        return self.projector(self.encoder(pixel_values.to(encoder_dtype)))
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        embeds = self.llm.embed(input_ids)
+        is_image = input_ids == self.image_token_id
+        num_slots = int(is_image.sum())
+        num_images = 0 if pixel_values is None else pixel_values.shape[0]
+        if num_slots != num_images * self.tokens_per_image:
+            raise ValueError(
+                f"batch has {num_slots} image-token slots but {num_images} images x "
+                f"{self.tokens_per_image} tokens each; the data was tokenized for a different encoder/projector"
+            )
+        if num_images == 0:
+            return embeds
+        features = self.encode_images(pixel_values).to(embeds.dtype)
+        return embeds.masked_scatter(is_image.unsqueeze(-1), features.reshape(-1, features.shape[-1]))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ):
+        embeds = self.embed(input_ids, pixel_values)
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    # -- what trains ---------------------------------------------------------------------------
+
+    def set_trainable(self, encoder: bool, projector: bool, llm: bool) -> None:
+        """Freeze/unfreeze per component. With LoRA, training the LLM means training its adapters."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(encoder)
+        for p in self.projector.parameters():
+            p.requires_grad_(projector)
+        lora = self.llm.lora_config is not None
+        for name, p in self.llm.named_parameters():
+            p.requires_grad_(llm and (not lora or self.llm.is_adapter_param(name)))
+
+    def parameter_summary(self) -> dict[str, dict[str, int]]:
+        summary = {}
+        for name in COMPONENTS:
+            params = list(getattr(self, name).parameters())
+            summary[name] = {
+                "trainable": sum(p.numel() for p in params if p.requires_grad),
+                "total": sum(p.numel() for p in params),
+            }
+        return summary
+
+    def fsdp_wrap_modules(self) -> set[type[nn.Module]]:
+        return self.encoder.fsdp_wrap_modules() | self.llm.fsdp_wrap_modules()

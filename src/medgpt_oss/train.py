@@ -1,0 +1,93 @@
+"""Train one curriculum stage.
+
+    python -m medgpt_oss.train +stage=align encoder=medsiglip            # real weights
+    python -m medgpt_oss.train +stage=align encoder=medsiglip scale=tiny # tiny, CPU, offline
+    python -m medgpt_oss.train -m +stage=align scale=tiny encoder=clip,siglip,biomedclip,medsiglip
+    python -m medgpt_oss.train +stage=align scale=tiny ckpt_path=<run>/checkpoints/last.ckpt  # resume
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from medgpt_oss.config import CONF_DIR, available_stages, model_config
+from medgpt_oss.models.hub import MissingWeightsError, resolve_pretrained
+
+
+def check_pretrained(cfg: DictConfig) -> None:
+    """Fail in seconds, before any model or data work, if full-scale weights are missing."""
+    if cfg.scale != "full":
+        return
+    problems = []
+    for part in ("encoder", "llm"):
+        try:
+            resolve_pretrained(cfg[part].pretrained, f"{part}.pretrained")
+        except MissingWeightsError as exc:
+            problems.append(f"[{part}] {exc}")
+    if problems:
+        raise MissingWeightsError("\n\n".join(problems))
+
+
+def build_strategy(cfg: DictConfig, stage: Any) -> Any:
+    """Strategy from the `strategy/` group; FSDP wrap/checkpoint units come from the model itself."""
+    spec = OmegaConf.to_container(cfg.strategy, resolve=True)
+    if "_target_" not in spec:
+        return spec["name"]
+    blocks = stage.vlm.fsdp_wrap_modules()
+    if spec.pop("auto_wrap_model_blocks", False):
+        spec["auto_wrap_policy"] = blocks
+    if spec.pop("checkpoint_model_blocks", False):
+        spec["activation_checkpointing_policy"] = blocks
+    return hydra.utils.instantiate(spec)
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    return [hydra.utils.instantiate(c) for c in (group or {}).values() if c and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Compose -> build stage, data, trainer -> fit. Returns the final logged metrics."""
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=True)
+    check_pretrained(cfg)
+    stage = hydra.utils.instantiate(cfg.stage, model=model_config(cfg), _recursive_=False)
+    datamodule = hydra.utils.instantiate(cfg.data, input_spec=stage.vlm.input_spec())
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        logger=_instantiate_all(cfg.get("logger")) or False,
+        callbacks=_instantiate_all(cfg.get("callbacks")),
+        strategy=build_strategy(cfg, stage),
+    )
+    if trainer.is_global_zero:
+        Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, Path(trainer.default_root_dir) / "config.yaml", resolve=False)
+    trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    if cfg.get("stage") is None:
+        print(
+            "No stage chosen. Add one of: "
+            + ", ".join(f"+stage={s}" for s in available_stages())
+            + "\n  e.g. python -m medgpt_oss.train +stage=align scale=tiny",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    try:
+        metrics = train(cfg)
+    except MissingWeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    return metrics.get("val/loss")  # the objective Hydra sweepers minimise
+
+
+if __name__ == "__main__":
+    main()
