@@ -50,13 +50,14 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in (group or {}).values() if c and "_target_" in c]
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Compose -> build stage, data, trainer -> fit. Returns the final logged metrics."""
+def train(cfg: DictConfig) -> tuple[Any, Any]:
+    """Build stage, data and trainer from a composed config and fit. Returns (trainer, stage)."""
     import lightning as L
 
     L.seed_everything(cfg.seed, workers=True)
     check_pretrained(cfg)
-    stage = hydra.utils.instantiate(cfg.stage, model=model_config(cfg), _recursive_=False)
+    # Plain dicts (not DictConfig) so checkpoints hold only primitive hparams and load with weights_only.
+    stage = hydra.utils.instantiate(cfg.stage, model=model_config(cfg), _recursive_=False, _convert_="all")
     datamodule = hydra.utils.instantiate(cfg.data, input_spec=stage.vlm.input_spec())
     trainer = hydra.utils.instantiate(
         cfg.trainer,
@@ -68,7 +69,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, Path(trainer.default_root_dir) / "config.yaml", resolve=False)
     trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return trainer, stage
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
@@ -82,11 +83,12 @@ def main(cfg: DictConfig) -> float | None:
         )
         sys.exit(2)
     try:
-        metrics = train(cfg)
+        trainer, _ = train(cfg)
     except MissingWeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    return metrics.get("val/loss")  # the objective Hydra sweepers minimise
+    val_loss = trainer.callback_metrics.get("val/loss")
+    return float(val_loss) if val_loss is not None else None  # the objective Hydra sweepers minimise
 
 
 if __name__ == "__main__":

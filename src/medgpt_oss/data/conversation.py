@@ -160,9 +160,9 @@ class HarmonyFormatter:
                 content = self._content(record_id, text) + [self.end_id]
                 ids += content
                 labels += [IGNORE_INDEX] * len(content)
-        if for_generation:
+        if for_generation:  # a prompt: nothing in it is a training target
             ids += self._header("assistant")
-            labels += [IGNORE_INDEX] * len(self._header("assistant"))
+            labels = [IGNORE_INDEX] * len(ids)
         if self.max_length is not None and len(ids) > self.max_length:
             raise ConversationError(record_id, f"{len(ids)} tokens exceed max_length={self.max_length}",
                                     "raise data.max_length or shorten the sample")

@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
 
@@ -47,6 +47,29 @@ class ConversationDataset(Dataset):
         return self.processor(self.records[index])
 
 
+class ResumableShuffleSampler(Sampler[int]):
+    """An endless stream of shuffled passes over the data, cut into epochs, that resumes exactly.
+
+    Pass ``e`` is a permutation seeded by ``(seed, e)``; ``consumed`` counts the
+    samples the training loop has actually used (the datamodule advances it per
+    trained batch, so prefetching never skews it). Each ``iter()`` continues the
+    stream from ``consumed`` to the end of the current pass, so a run resumed
+    from a checkpoint -- mid-epoch or not -- sees exactly the samples the
+    uninterrupted run would have seen, whatever Lightning's epoch bookkeeping does.
+    """
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length, self.seed, self.consumed = length, seed, 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        epoch, offset = divmod(self.consumed, self.length)
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return iter(torch.randperm(self.length, generator=generator)[offset:].tolist())
+
+
 class ConversationDataModule(L.LightningDataModule):
     """Train/val loaders over ``{root}/{split}.jsonl``. ``synth`` generates MedSynth there first."""
 
@@ -74,6 +97,8 @@ class ConversationDataModule(L.LightningDataModule):
         self.seed = seed
         self.processor = SampleProcessor(input_spec, self.root, system_prompt=system_prompt, max_length=max_length)
         self.datasets: dict[str, ConversationDataset] = {}
+        self.train_sampler: ResumableShuffleSampler | None = None
+        self._consumed_to_restore = 0
 
     def prepare_data(self) -> None:
         if self.synth is not None:
@@ -86,20 +111,39 @@ class ConversationDataModule(L.LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = ConversationDataset(self.root / f"{split}.jsonl", self.processor, self.tasks)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+    def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator if shuffle else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self.processor.collate,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_split, shuffle=True)
+        self.train_sampler = ResumableShuffleSampler(len(self.datasets[self.train_split]), self.seed)
+        self.train_sampler.consumed = self._consumed_to_restore
+        return self._loader(self.train_split, self.train_sampler)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_split, shuffle=False) if self.val_split else []
+        return self._loader(self.val_split) if self.val_split else []
+
+    # -- exact resume: the data position is part of the checkpoint -----------------------------
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        # Called once per batch the loop really uses (after any prefetch), so this count is exact.
+        if self.trainer is not None and self.trainer.training and self.train_sampler is not None:
+            self.train_sampler.consumed += len(batch["ids"])
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        consumed = self.train_sampler.consumed if self.train_sampler is not None else self._consumed_to_restore
+        return {"train_samples_consumed": consumed, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"checkpoint was trained with data seed {state['seed']}, this run uses {self.seed}")
+        self._consumed_to_restore = state["train_samples_consumed"]
+        if self.train_sampler is not None:
+            self.train_sampler.consumed = self._consumed_to_restore

@@ -66,11 +66,15 @@ class VLMStage(L.LightningModule):
 
     def on_fit_start(self) -> None:
         lines = ["component   trainable / total parameters"]
+        counts_to_log = {}
         for name, counts in self.vlm.parameter_summary().items():
             state = "TRAINS" if counts["trainable"] else "frozen"
             lines.append(f"{name:<11} {counts['trainable']:>12,} / {counts['total']:>14,}  {state}")
-            self.log(f"params/{name}_trainable", float(counts["trainable"]), rank_zero_only=True)
+            counts_to_log[f"params/{name}_trainable"] = counts["trainable"]
+            counts_to_log[f"params/{name}_total"] = counts["total"]
         rank_zero_info("\n".join(lines))
+        for logger in self.loggers:
+            logger.log_hyperparams(counts_to_log)
 
     def configure_optimizers(self):
         """AdamW over trainable parameters only, one group (and learning rate) per component."""
@@ -97,6 +101,7 @@ class VLMStage(L.LightningModule):
         return {name for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["stage_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
@@ -104,3 +109,13 @@ class VLMStage(L.LightningModule):
         missing = self.trainable_state_keys() - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} trainable weights, e.g. {sorted(missing)[:3]}")
+
+
+def load_stage(ckpt_path: str, map_location: str | None = "cpu") -> VLMStage:
+    """Reload any stage's checkpoint without knowing its class: the checkpoint names it."""
+    import importlib
+
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    module_name, _, class_name = checkpoint["stage_class"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls.load_from_checkpoint(ckpt_path, map_location=map_location)
