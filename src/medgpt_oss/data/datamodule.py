@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from medgpt_oss.data.packing import pack
 from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
 
 
@@ -86,6 +87,7 @@ class ConversationDataModule(L.LightningDataModule):
         system_prompt: str | None = None,
         synth: dict[str, Any] | None = None,
         seed: int = 0,
+        pack_length: int | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -95,6 +97,7 @@ class ConversationDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.synth = dict(synth) if synth else None
         self.seed = seed
+        self.pack_length = pack_length
         self.processor = SampleProcessor(input_spec, self.root, system_prompt=system_prompt, max_length=max_length)
         self.datasets: dict[str, ConversationDataset] = {}
         self.train_sampler: ResumableShuffleSampler | None = None
@@ -117,9 +120,14 @@ class ConversationDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=self.processor.collate,
+            collate_fn=self.collate,
             persistent_workers=self.num_workers > 0,
         )
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.pack_length:
+            return pack(samples, self.pack_length, self.processor.pad_id)
+        return self.processor.collate(samples)
 
     def train_dataloader(self) -> DataLoader:
         self.train_sampler = ResumableShuffleSampler(len(self.datasets[self.train_split]), self.seed)

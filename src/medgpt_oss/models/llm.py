@@ -105,5 +105,30 @@ class LanguageModel(nn.Module):
         names = set(getattr(self.model, "_no_split_modules", None) or [])
         return {type(m) for m in self.model.modules() if type(m).__name__ in names}
 
-    def forward(self, **kwargs: Any):  # noqa: D401 - thin pass-through
+    def packed_attention_masks(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> dict[str, Any]:
+        """Block-diagonal causal masks for packed rows, one per attention type of the model.
+
+        Sample boundaries are where position ids do not advance by one. Built here because
+        some models (GPT-oss in transformers 5) do not derive them from ``position_ids``.
+        """
+        from transformers.masking_utils import (
+            create_causal_mask,
+            create_sliding_window_causal_mask,
+            packed_sequence_mask_function,
+        )
+
+        config = self.model.config
+        sequence_ids = (torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1).cumsum(-1)
+        builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+        layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+        return {
+            kind: builders[kind](config, inputs_embeds, None, None, position_ids=position_ids,
+                                 and_mask_function=packed_sequence_mask_function(sequence_ids),
+                                 allow_is_causal_skip=False)
+            for kind in layer_types
+        }
+
+    def forward(self, **kwargs: Any):
+        if kwargs.get("position_ids") is not None and kwargs.get("attention_mask") is None:
+            kwargs["attention_mask"] = self.packed_attention_masks(kwargs["inputs_embeds"], kwargs["position_ids"])
         return self.model(**kwargs)

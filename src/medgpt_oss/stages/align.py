@@ -8,6 +8,8 @@ from medgpt_oss.stages.base import VLMStage
 
 
 class AlignStage(VLMStage):
-    def __init__(self, model: dict[str, Any], optim: dict[str, Any], train_encoder: bool = False) -> None:
-        super().__init__(model, train={"encoder": train_encoder, "projector": True, "llm": False}, optim=optim)
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], train_encoder: bool = False,
+                 init_from: str | None = None) -> None:
+        super().__init__(model, train={"encoder": train_encoder, "projector": True, "llm": False}, optim=optim,
+                         init_from=init_from)
         self.save_hyperparameters()

@@ -10,9 +10,12 @@ pretrained folder, or at tiny scale the same seeded random init.
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +28,17 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
+def _numpy_state_to_plain(state: tuple) -> list:
+    # Plain types only, so checkpoints load with torch.load(weights_only=True).
+    name, keys, pos, has_gauss, cached = state
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_state_from_plain(state: list) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return name, keys.numpy().astype(np.uint32), pos, has_gauss, cached
+
+
 class VLMStage(L.LightningModule):
     """Subclasses call ``self.save_hyperparameters()`` with their own ``__init__`` arguments."""
 
@@ -33,24 +47,56 @@ class VLMStage(L.LightningModule):
         model: dict[str, Any],
         train: dict[str, bool],
         optim: dict[str, Any],
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         model, train, optim = _plain(model), _plain(train), _plain(optim)
         self.optim_cfg = optim
+        self.init_from = init_from
         self.vlm = MedVLM.from_config(model)
         self.vlm.set_trainable(**{name: bool(train.get(name, False)) for name in COMPONENTS})
-        # Frozen weights are left out of checkpoints (see module docstring), so loading is non-strict;
-        # on_load_checkpoint checks that exactly the trainable weights are present.
+        # Weights that differ from the base weights: what trains here plus what the previous stage
+        # handed over. Only these go into checkpoints, so loading is non-strict and checked by hand.
+        self.saved_keys = self.trainable_state_keys()
         self.strict_loading = False
+
+    # -- stage hand-off ----------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        # Applied on every fit; when resuming, the checkpoint restore that follows overwrites it with
+        # identical values (the handed-over weights are saved in every checkpoint of this stage).
+        if stage == "fit" and self.init_from:
+            self.load_previous_stage(self.init_from)
+
+    def load_previous_stage(self, ckpt_path: str) -> None:
+        """Start from the weights another stage trained (its checkpoint holds only those)."""
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"init_from checkpoint '{ckpt_path}' does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        own = self.state_dict()
+        unknown = sorted(set(state) - set(own))
+        if unknown:
+            raise KeyError(
+                f"init_from '{ckpt_path}' has {len(unknown)} weights this model lacks, e.g. {unknown[:3]}; "
+                "use the same encoder/projector/llm/lora choices as the previous stage"
+            )
+        self.load_state_dict(state, strict=False)
+        self.saved_keys |= set(state)
+        rank_zero_info(f"initialised {len(state)} tensors from previous stage {ckpt_path}")
 
     # -- steps ----------------------------------------------------------------------------------
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         out = self.vlm(
             input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
+            # Packed rows carry position ids that restart per sample and no 2D mask: transformers
+            # then builds a block-diagonal causal mask, so samples never attend to each other.
+            attention_mask=batch.get("attention_mask"),
+            position_ids=batch.get("position_ids"),
             pixel_values=batch["pixel_values"],
             labels=batch["labels"],
+            use_cache=False,
         )
         return out.loss
 
@@ -102,13 +148,29 @@ class VLMStage(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["stage_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        keep = self.trainable_state_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self.saved_keys}
+        # Lightning does not save RNG states; dropout (e.g. LoRA's) must continue the same stream.
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         missing = self.trainable_state_keys() - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} trainable weights, e.g. {sorted(missing)[:3]}")
+        self.saved_keys |= set(checkpoint["state_dict"])
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        # Restored here, after Lightning's own seeding and loader setup, just before the first step.
+        rng = getattr(self, "_rng_to_restore", None)
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            np.random.set_state(_numpy_state_from_plain(rng["numpy"]))
+            self._rng_to_restore = None
 
 
 def load_stage(ckpt_path: str, map_location: str | None = "cpu") -> VLMStage:
@@ -119,3 +181,16 @@ def load_stage(ckpt_path: str, map_location: str | None = "cpu") -> VLMStage:
     module_name, _, class_name = checkpoint["stage_class"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls.load_from_checkpoint(ckpt_path, map_location=map_location)
+
+
+class TunedStage(VLMStage):
+    """A stage whose components train by switch (stages 2 and 3; the report trains everything).
+
+    With ``lora=`` set, ``train_llm`` trains the LLM's adapters; without it, all LLM weights.
+    """
+
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], train_encoder: bool = False,
+                 train_projector: bool = True, train_llm: bool = True, init_from: str | None = None) -> None:
+        super().__init__(model, train={"encoder": train_encoder, "projector": train_projector, "llm": train_llm},
+                         optim=optim, init_from=init_from)
+        self.save_hyperparameters()
