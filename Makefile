@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m medgpt_oss.train +stage=align +experiment=tiny_cpu hydra.run.dir=outputs/demo/align
+	$(PY) -m medgpt_oss.train +stage=align experiment=tiny_cpu hydra.run.dir=outputs/demo/align
 
 test: install
 	$(PY) -m pytest -q

@@ -13,7 +13,7 @@ What is drawn (every geometry is in normalised [0, 1] coordinates, so any
   (small: radius ~0.04, large: ~0.08 of the image side, i.e. ~2.6 px vs ~5 px
   at 64 px), a *pleural effusion* (bright fluid filling the base of one lung,
   with a meniscus rising laterally) and *cardiomegaly* (cardiothoracic ratio
-  0.58-0.66 vs 0.36-0.44 when absent). Some patients (40 %) also have a prior
+  0.60-0.68 vs 0.35-0.43 when absent). Some patients (40 %) also have a prior
   study; the nodule between prior and current is new, grown (small -> large),
   resolved, stable, or absent from both ("none").
 * ``ct``    axial abdominal CT-like slices with an optional hypodense liver lesion.
@@ -147,12 +147,12 @@ def _sample_cxr_anatomy(rng: np.random.Generator) -> dict[str, float]:
         "lung_dx": u(0.175, 0.195), "lung_rx": u(0.135, 0.15),
         "lung_cy": u(0.485, 0.515), "lung_ry": u(0.28, 0.31), "lung_val": u(0.13, 0.19),
         "rib_freq": u(8.0, 10.0), "rib_phase": u(0.0, 2 * math.pi), "rib_amp": u(0.05, 0.08),
-        "heart_off": u(0.02, 0.045), "heart_ry": u(0.11, 0.13), "heart_val": u(0.66, 0.74),
-        "ctr_normal": u(0.36, 0.44), "ctr_enlarged": u(0.58, 0.66),
+        "heart_off": u(0.025, 0.04), "heart_ry": u(0.11, 0.13), "heart_val": u(0.66, 0.74),
+        "ctr_normal": u(0.35, 0.43), "ctr_enlarged": u(0.6, 0.68),
         # nodule geometry, drawn always so the draw sequence never depends on findings
-        "nod_u": u(-0.35, 0.35), "nod_v": u(-0.5, -0.08), "nod_lat_x": u(0.4, 0.64),
+        "nod_u": u(-0.3, 0.3), "nod_v": u(-0.58, -0.2), "nod_lat_x": u(0.4, 0.64),
         "nod_r_small": u(*NODULE_RADIUS["small"]), "nod_r_large": u(*NODULE_RADIUS["large"]),
-        "eff_frac": u(0.33, 0.43), "eff_rise": u(0.04, 0.07),
+        "eff_frac": u(0.37, 0.46), "eff_rise": u(0.04, 0.07),
         "lat_heart_cx": u(0.34, 0.38),
     }
 
@@ -183,7 +183,7 @@ def render_cxr_frontal(a: dict, f: dict, size: int, rng: np.random.Generator) ->
     c = _Canvas(size, a["shift_x"], a["shift_y"], a["scale"])
     img = np.full((size, size), 0.03)
     tissue = np.maximum.reduce([c.ellipse(0.5, 0.62, a["body_rx"], 0.56), c.ellipse(0.5, 0.04, 0.11, 0.16),
-                                c.ellipse(0.5, 0.27, a["body_rx"] + 0.04, 0.13)])  # trunk, neck, shoulders
+                                c.ellipse(0.5, 0.36, a["body_rx"] + 0.02, 0.22)])  # trunk, neck, shoulders
     img = _paint(img, tissue, a["body_val"] + 0.04 * np.clip((c.Y - 0.75) * 8, 0, 1))
     for side in ("right", "left"):
         lcx, lcy = _lung_center(a, side)
@@ -824,10 +824,8 @@ def generate_medsynth(root: str | Path, seed: int = 0, n_train: int = 2000, n_va
     """
     kw = _kwargs(seed, n_train, n_val, n_test, image_size)
     root = Path(root).absolute()
-    if root.exists() and any(root.iterdir()) and (root / MANIFEST).exists() is False:
-        raise FileExistsError(f"{root} exists, is not empty and is not a MedSynth set; refusing to replace it")
-    if root.exists() and (root / MANIFEST).exists() and read_manifest(root) is None:
-        raise FileExistsError(f"{root} holds a manifest.json that is not MedSynth's; refusing to replace it")
+    if root.exists() and any(root.iterdir()) and read_manifest(root) is None:
+        raise FileExistsError(f"{root} is not empty and holds no MedSynth manifest; refusing to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
