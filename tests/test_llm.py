@@ -70,3 +70,22 @@ def test_lora_trains_only_adapters():
     assert any("lora_A" in n for n in names) and any("q_proj" in n and "lora_B" in n for n in names)
     trainable = [n for n, p in llm.named_parameters() if p.requires_grad]
     assert trainable and all(llm.is_adapter_param(n) for n in trainable)
+
+
+def test_lora_reaches_gpt_oss_expert_weights():
+    llm = tiny_llm(lora={"rank": 4, "target_modules": ["q_proj"],
+                         "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]})
+    with torch.no_grad():  # make the adapters non-trivial so the expert path visibly changes the output
+        for name, p in llm.named_parameters():
+            if "experts" in name and "lora_B" in name:
+                p.normal_()
+    ids = torch.tensor([[5, 20, 30, 40]])
+    llm.model(input_ids=ids, labels=ids).loss.backward()
+    grads = {n: p.grad for n, p in llm.named_parameters() if p.requires_grad and "experts" in n and "lora_A" in n}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_qlora_without_cuda_says_why():
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        tiny_llm(lora={"rank": 4, "target_modules": ["q_proj"], "quantize": "nf4"})

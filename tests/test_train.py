@@ -163,3 +163,34 @@ def test_multirun_encoder_sweep_gives_each_job_its_own_folder_and_checkpoint(tmp
                 + torch.load(c, weights_only=False)["hyper_parameters"]["model"]["encoder"]["pretrained"]
                 for c in ckpts}
     assert len(encoders) == 4
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_the_uninterrupted_run(tmp_path, medsynth_dir):
+    """Instruct stage with LoRA dropout: weights, optimizer, scheduler, data position and RNG all resume."""
+    args = [*TINY_RUN, *small_data_overrides(), "+stage=instruct", "lora=r16", "data.batch_size=8",
+            "trainer.max_steps=8", "trainer.max_epochs=-1", "trainer.limit_val_batches=0",
+            "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=1",
+            f"paths.data_dir={medsynth_dir}", "data.pack_length=256"]
+    args = [a for a in args if a != "+stage=align"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    straight = tmp_path / "straight"
+    assert cli(*args, f"hydra.run.dir={straight}", cwd=tmp_path).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "medgpt_oss.train", *args, f"hydra.run.dir={killed}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = killed / "checkpoints" / "step000005.ckpt"
+    deadline = time.monotonic() + 300
+    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no cleanup, no final checkpoint
+    proc.wait()
+    assert target.exists()
+    step = max(int(p.stem[4:]) for p in (killed / "checkpoints").glob("step*.ckpt"))
+
+    resumed = tmp_path / "resumed"
+    result = cli(*args, f"hydra.run.dir={resumed}",
+                 f"ckpt_path={killed / 'checkpoints' / f'step{step:06d}.ckpt'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert logged(resumed, "train/loss") == logged(straight, "train/loss")[step:]

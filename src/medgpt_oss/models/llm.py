@@ -58,6 +58,8 @@ class LanguageModel(nn.Module):
         self._register_special_tokens(image_token)
         self.image_token = image_token
         self.lora_config = dict(lora) if lora else None
+        if self.lora_config and self.lora_config.get("quantize"):
+            self._quantize(self.lora_config["quantize"])
         if self.lora_config:
             self._apply_lora(self.lora_config)
 
@@ -73,6 +75,32 @@ class LanguageModel(nn.Module):
             self.model.resize_token_embeddings(len(self.tokenizer))
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def _quantize(self, kind: str) -> None:
+        """QLoRA: reload the model's linear layers as bitsandbytes 4-bit (same loading path as real weights)."""
+        import tempfile
+
+        if kind != "nf4":
+            raise ValueError(f"lora.quantize must be 'nf4' or null, got {kind!r}")
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "QLoRA (lora.quantize=nf4) needs a CUDA GPU: bitsandbytes runs its 4-bit NF4 kernels on CUDA. "
+                "On this machine use lora=r16 (LoRA on unquantized weights) instead."
+            )
+        try:
+            from transformers import BitsAndBytesConfig
+            import bitsandbytes  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError("QLoRA needs bitsandbytes: pip install 'medgpt-oss[qlora]'") from exc
+        from peft import prepare_model_for_kbit_training
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.model.save_pretrained(tmp)
+            self.model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quant, dtype=torch.bfloat16,
+                                                              device_map={"": torch.cuda.current_device()})
+        self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=False)
 
     def _apply_lora(self, cfg: dict[str, Any]) -> None:
         from peft import LoraConfig, get_peft_model
