@@ -1,5 +1,5 @@
 # Two commands that work on a fresh machine (see README):
-#   make demo   install, then train the embedded default (tiny models + MedSynth, CPU)
+#   make demo   install, then run the whole curriculum on the embedded default and evaluate it
 #   make test   install, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m medgpt_oss.train +stage=align experiment=tiny_cpu hydra.run.dir=outputs/demo/align
+	$(PY) -m medgpt_oss.pipeline recipe=tiny_demo out_dir=outputs/demo
 
 test: install
 	$(PY) -m pytest -q

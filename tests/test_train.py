@@ -194,3 +194,31 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run(tmp_path, medsynth_dir
                  f"ckpt_path={killed / 'checkpoints' / f'step{step:06d}.ckpt'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert logged(resumed, "train/loss") == logged(straight, "train/loss")[step:]
+
+
+def test_next_stage_starts_from_the_previous_stages_weights(tmp_path, medsynth_dir):
+    import hydra
+
+    run(tmp_path / "align", medsynth_dir, "trainer.max_steps=2")
+    align_ckpt = tmp_path / "align" / "checkpoints" / "last.ckpt"
+    handed_over = torch.load(align_ckpt, weights_only=True)["state_dict"]
+    cfg = compose_train([o for o in TINY_RUN if o != "+stage=align"] + small_data_overrides()
+                        + ["+stage=instruct", f"init_from={align_ckpt}"], tmp_path / "instruct", medsynth_dir)
+    from medgpt_oss.config import model_config
+
+    stage = hydra.utils.instantiate(cfg.stage, model=model_config(cfg), _recursive_=False, _convert_="all")
+    before = {k: v.clone() for k, v in stage.state_dict().items() if k in handed_over}
+    assert any(not torch.equal(before[k], handed_over[k]) for k in handed_over)
+    stage.setup("fit")
+    after = stage.state_dict()
+    assert all(torch.equal(after[k], handed_over[k]) for k in handed_over)
+    # Handed-over weights are part of this stage's checkpoints even where this stage freezes them.
+    assert set(handed_over) <= stage.saved_keys
+    assert stage.vlm.parameter_summary()["llm"]["trainable"] > 0  # instruct trains the LLM
+
+
+def test_init_from_a_mismatched_model_says_what_to_change(tmp_path, medsynth_dir):
+    run(tmp_path / "align", medsynth_dir, "trainer.max_steps=1", "projector=linear")
+    with pytest.raises(KeyError, match="same encoder/projector/llm/lora"):
+        run(tmp_path / "instruct", medsynth_dir, "trainer.max_steps=1",
+            f"init_from={tmp_path / 'align' / 'checkpoints' / 'last.ckpt'}")

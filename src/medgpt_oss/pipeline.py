@@ -47,9 +47,9 @@ def run_curriculum(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="pipeline", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    ckpt = run_curriculum(cfg)
     from medgpt_oss.eval.medsynth import evaluate_medsynth
 
-    ckpt = run_curriculum(cfg)
     out_dir = Path(cfg.out_dir)
     summary: dict[str, Any] = evaluate_medsynth(ckpt, out_dir / "eval", **OmegaConf.to_container(cfg.recipe.evaluate))
     summary["checkpoint"] = str(ckpt)

@@ -67,7 +67,7 @@ def train(cfg: DictConfig) -> tuple[Any, Any]:
     )
     if trainer.is_global_zero:
         Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, Path(trainer.default_root_dir) / "config.yaml", resolve=False)
+        OmegaConf.save(cfg, Path(trainer.default_root_dir) / "config.yaml", resolve=True)
     trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     return trainer, stage
 
