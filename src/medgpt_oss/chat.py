@@ -1,0 +1,85 @@
+"""Ask a checkpoint a question about one or more images, streaming the answer.
+
+    python -m medgpt_oss.chat ckpt=<stage .ckpt> image=cxr.png "Is there a pleural effusion?"
+    python -m medgpt_oss.chat ckpt=<ckpt> image=frontal.dcm image=lateral.dcm "Write the findings."
+    python -m medgpt_oss.chat ckpt=<ckpt> "What is the first-line treatment of community-acquired pneumonia?"
+
+Options (key=value): ckpt (required), image (repeatable; png/jpg/dcm), max_new_tokens (512),
+device (auto), system (a system prompt). Everything else is the question.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+USAGE = __doc__
+
+
+def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str], str]:
+    """key=value options, the images in order, and the question (the remaining words)."""
+    options: dict[str, str] = {}
+    images: list[str] = []
+    words: list[str] = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key == "image":
+            images.append(value)
+        elif sep and key in ("ckpt", "max_new_tokens", "device", "system"):
+            options[key] = value
+        else:
+            words.append(arg)
+    return options, images, " ".join(words).strip()
+
+
+def prepared_images(images: list[str], tmp: Path) -> list[str]:
+    """Image paths the training loader can read; DICOM files are converted to PNG first."""
+    from medgpt_oss.eval.dicom import is_dicom, read_dicom
+
+    out = []
+    for i, path in enumerate(images):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image '{path}' does not exist")
+        if is_dicom(path):
+            png = tmp / f"image{i}.png"
+            read_dicom(path).save(png)
+            path = str(png)
+        out.append(str(Path(path).resolve()))
+    return out
+
+
+def chat(argv: list[str]) -> str:
+    from transformers import TextStreamer
+
+    from medgpt_oss.eval.generation import Generator, load_vlm, resolve_device
+
+    options, images, question = parse_args(argv)
+    if "ckpt" not in options or not question:
+        raise ValueError("need ckpt=<checkpoint> and a question\n" + USAGE)
+    vlm = load_vlm(options["ckpt"], resolve_device(options.get("device", "auto")))
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = prepared_images(images, Path(tmp))
+        generator = Generator(vlm, "/", max_new_tokens=int(options.get("max_new_tokens", 512)),
+                              system_prompt=options.get("system"))
+        prompt = "<image>\n" * len(paths) + question
+        record = {"id": "chat", "image": paths,
+                  "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": "-"}]}
+        streamer = TextStreamer(generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        return generator.generate([generator.prepare(record)], streamer=streamer)[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    try:
+        chat(argv)
+    except (ValueError, FileNotFoundError, NotImplementedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

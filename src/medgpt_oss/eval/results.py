@@ -1,0 +1,56 @@
+"""Write a run's results: ``summary.json`` and a Markdown table (``results.md``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+REPORT_COLUMNS = (("bleu_1", "BLEU-1"), ("bleu_4", "BLEU-4"), ("rouge_l", "ROUGE-L"), ("cider_d", "CIDEr-D"),
+                  ("chexpert_micro_f1", "CheXpert micro-F1"), ("chexpert_macro_f1", "CheXpert macro-F1"),
+                  ("radgraph_f1", "RadGraph-F1"), ("ratescore", "RaTEScore"), ("inv_radcliq_v1", "1/RadCliQ-v1"))
+
+
+def _fmt(value: Any, percent: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.2f}" if percent else f"{value:.4f}"
+
+
+def _splits(summary: dict[str, Any]) -> str:
+    parts = []
+    for key, groups in summary.items():
+        if key.startswith("by_") and len(groups) > 1:
+            parts += [f"{key[3:]}={name} {_fmt(g['accuracy'], True)} (n={g['n']})" for name, g in groups.items()]
+    return "; ".join(parts)
+
+
+def markdown_table(summaries: dict[str, dict[str, Any]]) -> str:
+    qa = {k: v for k, v in summaries.items() if v.get("accuracy") is not None}
+    reports = {k: v for k, v in summaries.items() if "bleu_1" in v}
+    lines = []
+    if qa:
+        lines += ["| benchmark | scored / items | accuracy (%) | unparsed | per split (%) |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {s['n_scored']} / {s['n_items']} | {_fmt(s['accuracy'], True)} | {s.get('unparsed', 0)} "
+                  f"| {_splits(s)} |" for name, s in qa.items()]
+    if reports:
+        lines += ["", "| benchmark | scored / items | " + " | ".join(t for _, t in REPORT_COLUMNS) + " |",
+                  "|---|---|" + "---|" * len(REPORT_COLUMNS)]
+        lines += [f"| {name} | {s['n_scored']} / {s['n_items']} | "
+                  + " | ".join(_fmt(s.get(k)) for k, _ in REPORT_COLUMNS) + " |" for name, s in reports.items()]
+    notes = [f"- {name}: {metric} not computed: {why}" for name, s in summaries.items()
+             for metric, why in (s.get("unavailable_metrics") or {}).items()]
+    notes += [f"- {name}: {s['n_malformed']} malformed item(s), listed in {name}/predictions.jsonl"
+              for name, s in summaries.items() if s.get("n_malformed")]
+    notes += [f"- {name}: {s['n_missing_predictions']} item(s) had no prediction and count as wrong"
+              for name, s in summaries.items() if s.get("n_missing_predictions")]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def write_results(out_dir: Path, summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "summary.json", "w", encoding="utf-8") as fh:
+        json.dump({"benchmarks": summaries, "meta": meta}, fh, indent=2, ensure_ascii=False)
+        fh.write("\n")
+    header = f"# Evaluation results\n\ncheckpoint: `{meta.get('ckpt')}`  \npredictions: `{meta.get('predictions')}`\n\n"
+    (out_dir / "results.md").write_text(header + markdown_table(summaries), encoding="utf-8")

@@ -1,0 +1,205 @@
+"""Run one benchmark: items -> prompts -> answers (model or predictions file) -> scored rows.
+
+Sharding: rank ``r`` of ``w`` takes items ``r, r+w, r+2w, ...`` and writes
+``shards/rank{r}.jsonl`` plus a ``rank{r}.done`` marker; rank 0 waits for all
+markers, merges the rows back into item order in ``predictions.jsonl`` and
+summarises. Ranks coordinate through files only (no process group), so the
+same code serves ``torchrun``, SLURM arrays and separate machines sharing a
+folder, and the merged result equals an unsharded run (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medgpt_oss.eval.benchmarks.base import Benchmark, EvalItem, MalformedItem
+from medgpt_oss.eval.prompts import build_prompt, to_record
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path
+    prompts: dict[str, str] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
+    batch_size: int = 8
+    limit: int | None = None
+    likelihood: dict[str, Any] | None = None   # {"enabled": bool, "formats": {...}}
+    wait_s: float = 3600.0
+    progress: bool = True
+
+
+def read_predictions(path: str | Path) -> dict[str, str]:
+    """``{id: output}`` from a JSONL of ``{"id", "output"}`` lines (answers produced elsewhere)."""
+    out: dict[str, str] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                out[str(rec["id"])] = str(rec["output"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{line_no}: expected a JSON object with 'id' and 'output' ({exc})") from exc
+    return out
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)  # readers never see half a file
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _base_row(benchmark: Benchmark, index: int, item: EvalItem | MalformedItem) -> dict[str, Any]:
+    if isinstance(item, MalformedItem):
+        return {"index": index, "benchmark": benchmark.name, "id": item.id, "error": item.problem, "correct": None}
+    return {"index": index, "benchmark": benchmark.name, "id": item.id, "kind": item.kind, "groups": item.groups,
+            "gold": item.gold, **({"options": item.options} if item.options else {})}
+
+
+class ModelAnswerer:
+    """Answers prompts with a :class:`~medgpt_oss.eval.generation.Generator` (batched) or by likelihood."""
+
+    def __init__(self, generator: Any, batch_size: int = 8, likelihood: Mapping[str, Any] | None = None,
+                 progress: bool = True) -> None:
+        self.generator, self.batch_size, self.progress = generator, batch_size, progress
+        self.likelihood = dict(likelihood or {})
+
+    def __call__(self, work: list[tuple[EvalItem, str]]) -> dict[str, dict[str, Any]]:
+        """id -> {"output"} or {"error"} for each (item, prompt)."""
+        from tqdm import tqdm
+
+        from medgpt_oss.data.conversation import ConversationError  # imports torch: model runs only
+
+        results: dict[str, dict[str, Any]] = {}
+        ready: list[tuple[EvalItem, dict[str, Any], str]] = []
+        for item, prompt in work:
+            try:
+                ready.append((item, self.generator.prepare(to_record(item, prompt)), prompt))
+            except ConversationError as exc:  # unreadable image, bad placeholders, ...: reported by id
+                results[item.id] = {"error": exc.problem}
+        # Longest prompts first, similar lengths together: less padding per batch, and an
+        # out-of-memory error shows up in the first batch rather than the last.
+        ready.sort(key=lambda r: -len(r[1]["input_ids"]))
+        bar = tqdm(total=len(ready), unit="item", disable=not self.progress, desc="answering")
+        start = time.perf_counter()
+        by_likelihood = [r for r in ready if self.likelihood.get("enabled") and r[0].kind in ("closed", "mcq")]
+        free = [r for r in ready if not (self.likelihood.get("enabled") and r[0].kind in ("closed", "mcq"))]
+        for item, _, prompt in by_likelihood:
+            from medgpt_oss.eval.likelihood import pick_by_likelihood
+
+            best, scores = pick_by_likelihood(self.generator, item, prompt, self.likelihood.get("formats"))
+            results[item.id] = {"output": best, "loglik": scores}
+            bar.update(1)
+        for i in range(0, len(free), self.batch_size):
+            chunk = free[i:i + self.batch_size]
+            for (item, _, _), text in zip(chunk, self.generator.generate([s for _, s, _ in chunk])):
+                results[item.id] = {"output": text}
+            bar.update(len(chunk))
+        bar.close()
+        elapsed = time.perf_counter() - start
+        if ready and self.progress:
+            print(f"answered {len(ready)} items in {elapsed:.1f} s ({len(ready) / max(elapsed, 1e-9):.2f} items/s)")
+        return results
+
+
+def score_shard(benchmark: Benchmark, items: list[tuple[int, EvalItem | MalformedItem]], opts: RunOptions,
+                answer: ModelAnswerer | None = None, predictions: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Scored rows of this rank's items, answered by the model or looked up in ``predictions``."""
+    prompts = {**opts.prompts, **benchmark.prompts}
+    work = [(item, build_prompt(item, prompts)) for _, item in items if isinstance(item, EvalItem)]
+    if predictions is not None:
+        answers = {item.id: ({"output": predictions[item.id]} if item.id in predictions else {"missing": True})
+                   for item, _ in work}
+    elif answer is not None:
+        answers = answer(work)
+    else:
+        raise ValueError("score_shard needs a model (answer=) or predictions=")
+    prompt_of = {item.id: p for item, p in work}
+    rows = []
+    for index, item in items:
+        row = _base_row(benchmark, index, item)
+        if isinstance(item, EvalItem):
+            got = answers[item.id]
+            row["prompt"] = prompt_of[item.id]
+            if "error" in got:
+                row.update(error=got["error"], correct=None)
+            else:
+                row["output"] = got.get("output")
+                row.update(benchmark.score(item, row["output"]))
+                if got.get("missing"):
+                    row["missing_prediction"] = True
+                if "loglik" in got:
+                    row["loglik"] = got["loglik"]
+        rows.append(row)
+    return rows
+
+
+def summarize(benchmark: Benchmark, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    errors = [{"id": r["id"], "problem": r["error"]} for r in rows if r.get("error") is not None]
+    scored = [r for r in rows if r.get("error") is None]
+    summary = {
+        "n_items": len(rows),
+        "n_scored": len(scored),
+        "n_malformed": len(errors),
+        "n_missing_predictions": sum(1 for r in scored if r.get("missing_prediction")),
+        **benchmark.summarize(scored),
+    }
+    if errors:
+        summary["malformed"] = errors[:50]  # the full list is in predictions.jsonl
+    return summary
+
+
+def merge_shards(bench_dir: Path, world_size: int, wait_s: float = 0.0) -> list[dict[str, Any]]:
+    """All ranks' rows in item order, once every rank has left its ``.done`` marker."""
+    shard_dir = bench_dir / "shards"
+    deadline = time.monotonic() + wait_s
+    while True:
+        missing = [r for r in range(world_size) if not (shard_dir / f"rank{r}.done").exists()]
+        if not missing:
+            break
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"ranks {missing} of {world_size} have not finished in {shard_dir}; "
+                               "rerun with merge_only=true once they have")
+        time.sleep(2.0)
+    rows = [row for r in range(world_size) for row in _read_jsonl(shard_dir / f"rank{r}.jsonl")]
+    return sorted(rows, key=lambda row: row["index"])
+
+
+def run_benchmark(benchmark: Benchmark, opts: RunOptions, answer: ModelAnswerer | None = None,
+                  predictions: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """Score this rank's share; on rank 0 merge and return the summary (other ranks return None)."""
+    bench_dir = opts.out_dir / benchmark.name
+    all_items = list(benchmark.items())  # a wrong root fails here, before any model work
+    if opts.limit is not None:
+        all_items = all_items[: int(opts.limit)]
+    mine = [(i, item) for i, item in enumerate(all_items) if i % opts.world_size == opts.rank]
+    rows = score_shard(benchmark, mine, opts, answer=answer, predictions=predictions)
+    if opts.world_size > 1:
+        shard_dir = bench_dir / "shards"
+        (shard_dir / f"rank{opts.rank}.done").unlink(missing_ok=True)
+        _write_jsonl(shard_dir / f"rank{opts.rank}.jsonl", rows)
+        (shard_dir / f"rank{opts.rank}.done").write_text(json.dumps({"rows": len(rows)}))
+        if opts.rank != 0:
+            return None
+        rows = merge_shards(bench_dir, opts.world_size, opts.wait_s)
+    return finish(benchmark, bench_dir, rows)
+
+
+def finish(benchmark: Benchmark, bench_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write the merged per-item rows and return the benchmark's summary."""
+    _write_jsonl(bench_dir / "predictions.jsonl", rows)
+    return summarize(benchmark, rows)

@@ -1,0 +1,138 @@
+"""Evaluate a checkpoint (or answers produced elsewhere) on medical benchmarks.
+
+    python -m medgpt_oss.evaluate ckpt=<stage .ckpt> benchmark=vqa_rad benchmark.root=/data/vqa_rad
+    python -m medgpt_oss.evaluate ckpt=<ckpt> 'benchmark=[vqa_rad,slake]' benchmark.vqa_rad.root=... benchmark.slake.root=...
+    python -m medgpt_oss.evaluate -m ckpt=<ckpt> benchmark=vqa_rad,slake,medqa          # one job per benchmark
+    python -m medgpt_oss.evaluate benchmark=medqa predictions=answers.jsonl               # no model: score {id, output}
+    torchrun --nproc_per_node=4 -m medgpt_oss.evaluate ckpt=<ckpt> benchmark=medqa hydra.run.dir=<shared folder>
+
+The run folder gets, per benchmark, ``<name>/predictions.jsonl`` (one line per
+item: id, prompt, output, extracted, gold, correct, scores), plus
+``summary.json``, ``results.md``, ``config.yaml``, ``prompts.json`` and ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from medgpt_oss.config import CONF_DIR
+
+
+def chosen_benchmarks(cfg: DictConfig) -> dict[str, DictConfig]:
+    """name -> benchmark config; ``benchmark.root`` (a shortcut) applies when exactly one is chosen."""
+    entries = {k: v for k, v in cfg.benchmark.items() if isinstance(v, DictConfig) and "_target_" in v}
+    if not entries:
+        raise ValueError("no benchmark chosen: add benchmark=<name> (see conf/benchmark/)")
+    shortcut = cfg.benchmark.get("root")
+    if shortcut is not None:
+        if len(entries) > 1:
+            raise ValueError("benchmark.root= sets the folder of a single benchmark; with several, set "
+                             + ", ".join(f"benchmark.{k}.root=" for k in entries))
+        next(iter(entries.values())).root = shortcut
+    return entries
+
+
+def _shard(cfg: DictConfig) -> tuple[int, int]:
+    rank, world = int(cfg.shard.rank), int(cfg.shard.world_size)
+    if not 0 <= rank < world:
+        raise ValueError(f"shard.rank={rank} must be in [0, shard.world_size={world})")
+    return rank, world
+
+
+def _check_shared_run_dir(world: int) -> None:
+    """Sharded ranks must write into one folder; a per-process timestamped folder would split them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if world > 1 and HydraConfig.initialized():
+        hc = HydraConfig.get()
+        if hc.mode.name == "RUN" and not any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra):
+            raise ValueError("a sharded run (world_size > 1) needs hydra.run.dir=<one folder shared by all ranks>")
+
+
+def build_answerer(cfg: DictConfig, root: str):
+    from medgpt_oss.eval.generation import Generator, load_vlm, resolve_device
+    from medgpt_oss.eval.runner import ModelAnswerer
+
+    vlm = load_vlm(cfg.ckpt, resolve_device(cfg.device))
+    generator = Generator(vlm, root, max_new_tokens=cfg.max_new_tokens, system_prompt=cfg.system_prompt)
+    return generator, ModelAnswerer(generator, batch_size=cfg.batch_size,
+                                    likelihood=OmegaConf.to_container(cfg.likelihood, resolve=True))
+
+
+def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """Run every chosen benchmark; return the summaries (on rank 0) and write the run folder."""
+    from medgpt_oss.eval.results import write_results
+    from medgpt_oss.eval.runner import RunOptions, finish, merge_shards, read_predictions, run_benchmark
+
+    benchmarks = chosen_benchmarks(cfg)
+    rank, world = _shard(cfg)
+    _check_shared_run_dir(world)
+    if cfg.ckpt is None and cfg.predictions is None and not cfg.merge_only:
+        raise ValueError("give ckpt=<checkpoint> to answer with a model, or predictions=<jsonl> to score answers")
+    predictions = read_predictions(cfg.predictions) if cfg.predictions else None
+    prompts = OmegaConf.to_container(cfg.prompts, resolve=True)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        # the exact templates used: defaults, and each benchmark's overrides of them
+        overrides = {name: OmegaConf.to_container(b.prompts, resolve=True) for name, b in benchmarks.items()
+                     if b.get("prompts")}
+        (out_dir / "prompts.json").write_text(json.dumps({"default": prompts, **overrides}, indent=2) + "\n")
+
+    summaries: dict[str, Any] = {}
+    generator = answerer = None
+    start = time.time()
+    for name, bcfg in benchmarks.items():
+        benchmark = hydra.utils.instantiate(bcfg, _convert_="all")
+        if cfg.merge_only:
+            if rank == 0:
+                summaries[name] = finish(benchmark, out_dir / name, merge_shards(out_dir / name, world, 0))
+            continue
+        if predictions is None:
+            if generator is None:
+                generator, answerer = build_answerer(cfg, benchmark.root)
+            generator.processor.root = Path(benchmark.root)  # images resolve against each benchmark's root
+        opts = RunOptions(out_dir=out_dir, prompts=prompts, rank=rank, world_size=world, batch_size=cfg.batch_size,
+                          limit=cfg.limit, wait_s=cfg.shard.wait_s)
+        summary = run_benchmark(benchmark, opts, answer=answerer, predictions=predictions)
+        if summary is not None:
+            summaries[name] = summary
+            print(f"[{name}] scored {summary['n_scored']} of {summary['n_items']} items"
+                  + (f", accuracy {100 * summary['accuracy']:.2f}%" if summary.get("accuracy") is not None else ""))
+    if rank != 0:
+        return None
+    resolved = {k: str(Path(cfg[k]).resolve()) if cfg[k] else None for k in ("ckpt", "predictions")}
+    meta = {**resolved, "world_size": world, "seconds": round(time.time() - start, 1),
+            "command": "python -m medgpt_oss.evaluate " + " ".join(sys.argv[1:]), "prompt_templates": "prompts.json", "config": "config.yaml"}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_results(out_dir, summaries, meta)
+    print((out_dir / "results.md").read_text())
+    return summaries
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from medgpt_oss.eval.benchmarks.base import BenchmarkLayoutError
+
+    try:
+        summaries = evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except (BenchmarkLayoutError, ValueError, FileNotFoundError, NotImplementedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    if not summaries:
+        return None
+    accuracies = [s["accuracy"] for s in summaries.values() if s.get("accuracy") is not None]
+    return sum(accuracies) / len(accuracies) if accuracies else None  # the objective sweepers see
+
+
+if __name__ == "__main__":
+    main()

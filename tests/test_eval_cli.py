@@ -1,0 +1,173 @@
+"""`python -m medgpt_oss.evaluate` and `python -m medgpt_oss.chat`: configs, run folders, known-answer scoring."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from medgpt_oss.config import CONF_DIR, group_options
+from medgpt_oss.eval.benchmarks.base import BenchmarkLayoutError
+from medgpt_oss.evaluate import evaluate
+from tests.test_eval_benchmarks import image, write_pubmedqa, write_vqa_rad
+
+
+def compose_eval(overrides: list[str], tmp_path: Path):
+    """conf/eval.yaml as `python -m medgpt_oss.evaluate` composes it, with the run folder under tmp_path."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        cfg.hydra.runtime.cwd = str(tmp_path)
+        cfg.paths.root_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # @hydra.main hands the task config without it
+    return cfg
+
+
+def predictions(path: Path, answers: dict[str, str]) -> Path:
+    path.write_text("".join(json.dumps({"id": k, "output": v}) + "\n" for k, v in answers.items()))
+    return path
+
+
+def test_every_benchmark_config_composes_alone_and_in_a_list(tmp_path):
+    names = group_options("benchmark")
+    assert len(names) >= 21
+    cfg = compose_eval([f"benchmark=[{','.join(names)}]"], tmp_path)
+    assert set(cfg.benchmark) == {"root", *names}
+    for name in names:
+        assert cfg.benchmark[name].name == name and cfg.benchmark[name]._target_.startswith("medgpt_oss.eval.")
+
+
+def test_predictions_file_is_scored_without_a_model(tmp_path):
+    root = write_vqa_rad(tmp_path / "vqa_rad")
+    preds = predictions(tmp_path / "p.jsonl", {
+        "vqa_rad-1": "Yes, the heart is enlarged.",   # correct
+        "vqa_rad-2": "Normal.",                       # "no" is not in "normal": unparseable -> wrong
+        "vqa_rad-3": "The right upper lobe.",         # correct after normalisation
+    })                                                # vqa_rad-4 missing -> wrong
+    cfg = compose_eval(["benchmark=vqa_rad", f"benchmark.root={root}", f"predictions={preds}"], tmp_path)
+    out = tmp_path / "run"
+    summary = evaluate(cfg, out)["vqa_rad"]
+    assert summary["accuracy"] == 0.5 and (summary["n_scored"], summary["n_items"]) == (4, 4)
+    assert summary["by_type"]["closed"] == {"accuracy": 0.5, "n": 2}
+    assert summary["unparsed"] == 1 and summary["n_missing_predictions"] == 1
+    rows = [json.loads(x) for x in open(out / "vqa_rad/predictions.jsonl")]
+    assert [r["correct"] for r in rows] == [True, False, True, False]
+    assert rows[1]["extracted"] is None and rows[1]["output"] == "Normal."
+    assert rows[0]["prompt"].endswith("Answer with yes or no.")
+    for name in ("summary.json", "results.md", "config.yaml", "prompts.json", "meta.json"):
+        assert (out / name).is_file()
+    assert "| vqa_rad | 4 / 4 | 50.00 |" in (out / "results.md").read_text()
+    assert json.loads((out / "prompts.json").read_text())["default"]["closed"] == "{question}\nAnswer with {choices}."
+
+
+def test_several_benchmarks_in_one_run(tmp_path):
+    vqa, pubmed = write_vqa_rad(tmp_path / "v"), write_pubmedqa(tmp_path / "p")
+    preds = predictions(tmp_path / "p.jsonl", {"pubmedqa-101": "yes", "pubmedqa-102": "no"})
+    cfg = compose_eval(["benchmark=[vqa_rad,pubmedqa]", f"benchmark.vqa_rad.root={vqa}",
+                        f"benchmark.pubmedqa.root={pubmed}", f"predictions={preds}"], tmp_path)
+    summaries = evaluate(cfg, tmp_path / "run")
+    assert summaries["pubmedqa"]["accuracy"] == 0.5 and summaries["vqa_rad"]["accuracy"] == 0.0
+    bad = compose_eval(["benchmark=[vqa_rad,pubmedqa]", f"benchmark.root={vqa}", f"predictions={preds}"], tmp_path)
+    with pytest.raises(ValueError, match="benchmark.vqa_rad.root="):
+        evaluate(bad, tmp_path / "run2")
+
+
+def test_malformed_items_are_counted_and_named(tmp_path):
+    from tests.test_eval_benchmarks import write_iu_xray
+
+    root = write_iu_xray(tmp_path / "iu")
+    preds = predictions(tmp_path / "p.jsonl", {"iu_xray-CXR1_IM-1": "The heart is normal in size. No effusion."})
+    cfg = compose_eval(["benchmark=iu_xray", f"benchmark.root={root}", f"predictions={preds}",
+                        "clinical_metrics=[]"], tmp_path)
+    summary = evaluate(cfg, tmp_path / "run")["iu_xray"]
+    assert (summary["n_scored"], summary["n_items"], summary["n_malformed"]) == (1, 2, 1)
+    assert summary["malformed"] == [{"id": "iu_xray-CXR2_IM-2", "problem": "empty or missing report"}]
+    assert summary["bleu_1"] > 0.5 and summary["chexpert_micro_f1"] == 1.0
+    assert "1 malformed item(s)" in (tmp_path / "run/results.md").read_text()
+
+
+def test_wrong_root_fails_before_any_work(tmp_path):
+    preds = predictions(tmp_path / "p.jsonl", {})
+    cfg = compose_eval(["benchmark=slake", f"benchmark.root={tmp_path}/none", f"predictions={preds}"], tmp_path)
+    with pytest.raises(BenchmarkLayoutError, match="imgs/xmlabN/source.jpg"):
+        evaluate(cfg, tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A real Lightning checkpoint of the align stage at tiny scale (random init, nothing trained)."""
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    from medgpt_oss.stages.align import AlignStage
+
+    cfg = OmegaConf.create({"scale": "tiny", "init_seed": 0, "lora": None})
+    for group, name in (("encoder", "clip"), ("projector", "mlp2x_gelu"), ("llm", "gpt_oss")):
+        cfg[group] = OmegaConf.load(CONF_DIR / f"{group}/{name}.yaml")
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    stage = AlignStage(model={k: plain[k] for k in ("encoder", "projector", "llm", "lora")}, optim={"lr": 1e-3})
+    trainer = L.Trainer(accelerator="cpu", max_steps=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(stage)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_checkpoint_evaluation_end_to_end(tiny_ckpt, medsynth_dir, tmp_path):
+    cfg = compose_eval(["benchmark=medsynth", f"benchmark.root={medsynth_dir / 'medsynth'}", f"ckpt={tiny_ckpt}",
+                        "limit=4", "max_new_tokens=4", "batch_size=4", "device=cpu"], tmp_path)
+    summary = evaluate(cfg, tmp_path / "run")["medsynth"]
+    assert summary["n_scored"] == 4 and summary["accuracy"] is not None
+    meta = json.loads((tmp_path / "run/meta.json").read_text())
+    assert meta["ckpt"] == str(tiny_ckpt.resolve())
+    # the run's prompts are MedSynth's own turns, recorded as the benchmark's override
+    assert json.loads((tmp_path / "run/prompts.json").read_text())["medsynth"]["closed"] == "{question}"
+
+
+def test_export_dir_is_not_guessed(tmp_path):
+    from medgpt_oss.eval.generation import load_vlm
+
+    with pytest.raises(NotImplementedError, match="export"):
+        load_vlm(str(tmp_path))
+
+
+def test_chat_answers_about_png_and_dicom(tiny_ckpt, tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    from medgpt_oss.chat import chat, parse_args
+
+    png = image(tmp_path / "cxr.png")
+    options, images, question = parse_args([f"ckpt={tiny_ckpt}", f"image={png}", "image=b.dcm", "Is", "there?"])
+    assert options == {"ckpt": str(tiny_ckpt)} and images == [str(png), "b.dcm"] and question == "Is there?"
+    answer = chat([f"ckpt={tiny_ckpt}", f"image={png}", f"image={get_testdata_file('CT_small.dcm')}",
+                   "max_new_tokens=3", "device=cpu", "Any", "nodule?"])
+    assert isinstance(answer, str)
+    assert capsys.readouterr().out.strip() == answer.strip()  # what streamed is the answer
+
+
+def test_cli_entry_point_writes_the_run_folder(tmp_path):
+    root = write_pubmedqa(tmp_path / "p")
+    preds = predictions(tmp_path / "p.jsonl", {"pubmedqa-101": "Yes.", "pubmedqa-102": "Maybe"})
+    run = subprocess.run([sys.executable, "-m", "medgpt_oss.evaluate", "benchmark=pubmedqa", f"benchmark.root={root}",
+                          f"predictions={preds}", f"hydra.run.dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "| pubmedqa | 2 / 2 | 100.00 |" in run.stdout
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["benchmarks"]["pubmedqa"]["accuracy"] == 1.0
+    missing = subprocess.run([sys.executable, "-m", "medgpt_oss.evaluate", "benchmark=pubmedqa",
+                              f"benchmark.root={tmp_path}/absent", f"predictions={preds}",
+                              f"hydra.run.dir={tmp_path / 'run2'}"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "ori_pqal.json" in missing.stderr
