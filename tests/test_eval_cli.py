@@ -136,13 +136,6 @@ def test_checkpoint_evaluation_end_to_end(tiny_ckpt, medsynth_dir, tmp_path):
     assert json.loads((tmp_path / "run/prompts.json").read_text())["medsynth"]["closed"] == "{question}"
 
 
-def test_export_dir_is_not_guessed(tmp_path):
-    from medgpt_oss.eval.generation import load_vlm
-
-    with pytest.raises(NotImplementedError, match="export"):
-        load_vlm(str(tmp_path))
-
-
 def test_chat_answers_about_png_and_dicom(tiny_ckpt, tmp_path, capsys):
     from pydicom.data import get_testdata_file
 

@@ -239,3 +239,18 @@ def test_cli_with_a_missing_checkpoint_says_so_and_writes_nothing(tmp_path):
     assert "error: checkpoint" in result.stderr and "nope.ckpt' does not exist" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluation_answers_the_same_from_an_export_folder_as_from_the_checkpoint(align_run, cli_export,
+                                                                                 medsynth_dir):
+    from medgpt_oss.eval.generation import Generator, load_vlm
+
+    _, ckpt = align_run
+    out, _ = cli_export
+    root = medsynth_dir / "medsynth"
+    records = [r for r in read_jsonl(root / "test.jsonl") if r["task"] in ("closed", "report")][:4]
+    answers = []
+    for source in (str(ckpt), str(out)):
+        generator = Generator(load_vlm(source), root, max_new_tokens=8)
+        answers.append(generator.generate([generator.prepare(r) for r in records]))
+    assert answers[0] == answers[1]

@@ -36,13 +36,12 @@ def final_channel_text(text: str) -> str:
 
 
 def load_vlm(ckpt: str, device: str = "cpu"):
-    """A MedVLM in eval mode from a Lightning checkpoint of any stage."""
+    """A MedVLM in eval mode from a Lightning checkpoint of any stage, or from an export folder."""
     path = Path(ckpt)
     if path.is_dir():
-        raise NotImplementedError(
-            f"'{ckpt}' is a folder: evaluating an export dir needs MedVLM loading from a transformers-loadable "
-            "export (the project's model export is not built yet). Pass a Lightning .ckpt for now."
-        )
+        from medgpt_oss.models.hf import medvlm_from_export
+
+        return medvlm_from_export(path).to(device).eval()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{ckpt}' does not exist")
     from medgpt_oss.stages.base import load_stage
