@@ -1,7 +1,7 @@
 """The whole curriculum in one command: align -> longctx -> instruct -> evaluate.
 
     python -m medgpt_oss.pipeline recipe=tiny_demo                 # the README's demo
-    python -m medgpt_oss.pipeline recipe=tiny_demo 'overrides=[encoder=siglip]'
+    python -m medgpt_oss.pipeline recipe=tiny_demo 'overrides=["encoder=siglip"]'
 
 Each stage is composed from conf/train.yaml exactly as ``python -m medgpt_oss.train
 +stage=<name>`` would be, with the recipe's overrides, and starts from the previous
