@@ -222,3 +222,21 @@ def test_init_from_a_mismatched_model_says_what_to_change(tmp_path, medsynth_dir
     with pytest.raises(KeyError, match="same encoder/projector/llm/lora"):
         run(tmp_path / "instruct", medsynth_dir, "trainer.max_steps=1",
             f"init_from={tmp_path / 'align' / 'checkpoints' / 'last.ckpt'}")
+
+
+def test_a_crash_while_saving_never_destroys_the_last_good_checkpoint(tmp_path, medsynth_dir, monkeypatch):
+    from fsspec.implementations.local import LocalFileOpener
+
+    trainer, _ = run(tmp_path, medsynth_dir, "trainer.max_steps=2")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    good = last.read_bytes()
+
+    def write_half_then_die(self, data, *args, **kwargs):
+        self.f.write(data[: len(data) // 2])
+        raise OSError("disk full / process killed mid-write")
+
+    monkeypatch.setattr(LocalFileOpener, "write", write_half_then_die)
+    with pytest.raises(OSError, match="mid-write"):
+        trainer.save_checkpoint(last)
+    assert last.read_bytes() == good
+    assert torch.load(last, weights_only=True)["global_step"] == 2
