@@ -3,9 +3,10 @@
 A stage is a policy over one :class:`MedVLM`: which components train, at which
 learning rates, on which data. The model is built from the config dict held in
 ``hparams``, so ``Stage.load_from_checkpoint(path)`` rebuilds it with no other
-arguments. Checkpoints keep only trainable parameters (a 20B run's checkpoint
-stays small); the frozen rest comes back from the same base weights -- the
-pretrained folder, or at tiny scale the same seeded random init.
+arguments. Checkpoints keep only the weights this stage trains or received from
+the previous stage (a 20B run's checkpoint stays small); the rest comes back from
+the same base weights -- the pretrained folder, or at tiny scale the same seeded
+random init.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class VLMStage(L.LightningModule):
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # -- checkpoints keep only what trains -------------------------------------------------------
+    # -- checkpoints keep only what differs from the base weights (trained or handed over) ---------
 
     def trainable_state_keys(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}
