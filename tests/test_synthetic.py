@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from medgpt_oss.data import synthetic as ms
+from medgpt_oss.data.jsonl import read_jsonl
 
 N_CASES = 400  # enough for balance statistics, a few seconds to generate
 
@@ -29,7 +30,7 @@ def medsynth(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def records(medsynth) -> list[dict]:
-    return ms.load_records(medsynth / "train.jsonl")
+    return read_jsonl(medsynth / "train.jsonl")
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -170,7 +171,7 @@ def test_every_record_is_well_formed(medsynth, records):
 def test_manifest_counts_match_files(medsynth):
     m = ms.read_manifest(medsynth)
     for split in ms.SPLITS:
-        assert m["records"][split] == dict(Counter(r["task"] for r in ms.load_records(medsynth / f"{split}.jsonl")))
+        assert m["records"][split] == dict(Counter(r["task"] for r in read_jsonl(medsynth / f"{split}.jsonl")))
 
 
 def test_text_matches_structured_findings(records):
@@ -381,4 +382,4 @@ def test_cli_prints_counts(tmp_path, capsys):
              "--image-size", "32"])
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"root", "train", "val", "test"}
-    assert sum(out["train"].values()) == len(ms.load_records(tmp_path / "cli" / "train.jsonl"))
+    assert sum(out["train"].values()) == len(read_jsonl(tmp_path / "cli" / "train.jsonl"))

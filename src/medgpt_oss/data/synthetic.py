@@ -865,12 +865,6 @@ def ensure_medsynth(root: str | Path, seed: int = 0, n_train: int = 2000, n_val:
     return generate_medsynth(root, **kw, workers=workers)
 
 
-def load_records(path: str | Path) -> list[dict[str, Any]]:
-    """Read one JSONL split."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m medgpt_oss.data.synthetic",
                                 description="Generate the MedSynth data set and print its record counts.")

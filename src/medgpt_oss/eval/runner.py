@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medgpt_oss.data.jsonl import read_jsonl
 from medgpt_oss.eval.benchmarks.base import Benchmark, EvalItem, MalformedItem
 from medgpt_oss.eval.prompts import build_prompt, to_record
 
@@ -56,11 +57,6 @@ def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     tmp.replace(path)  # readers never see half a file
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def _base_row(benchmark: Benchmark, index: int, item: EvalItem | MalformedItem) -> dict[str, Any]:
@@ -175,7 +171,7 @@ def merge_shards(bench_dir: Path, world_size: int, wait_s: float = 0.0) -> list[
             raise TimeoutError(f"ranks {missing} of {world_size} have not finished in {shard_dir}; "
                                "rerun with merge_only=true once they have")
         time.sleep(2.0)
-    rows = [row for r in range(world_size) for row in _read_jsonl(shard_dir / f"rank{r}.jsonl")]
+    rows = [row for r in range(world_size) for row in read_jsonl(shard_dir / f"rank{r}.jsonl")]
     return sorted(rows, key=lambda row: row["index"])
 
 
