@@ -13,19 +13,22 @@ import argparse
 import json
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
+from medgpt_oss.config import CONF_DIR
 from medgpt_oss.data.conversation import HarmonyFormatter
-from medgpt_oss.data.datamodule import ResumableShuffleSampler, read_jsonl
+from medgpt_oss.data.datamodule import ResumableShuffleSampler
+from medgpt_oss.data.jsonl import read_jsonl
 from medgpt_oss.data.packing import plan_rows
 from medgpt_oss.data.processor import record_images
 from medgpt_oss.data.synthetic import ensure_medsynth
 from medgpt_oss.models.tokenizer import IMAGE_TOKEN, TINY_TOKENIZER_DIR
 
-STAGE_TASKS = {
-    "longctx": ["caption", "report", "multiview_report", "longitudinal", "text_qa"],
-    "instruct": ["closed", "open", "mcq", "report", "multiview_report", "longitudinal", "text_qa", "multiturn"],
-}
+
+def stage_tasks(stage: str) -> list[str]:
+    """The task mix a stage trains on, as its config says."""
+    return list(OmegaConf.load(CONF_DIR / "stage" / f"{stage}.yaml").data.tasks)
 
 
 def fill_ratios(lengths: list[int], batch_size: int, pack_length: int) -> dict[str, float]:
@@ -50,7 +53,8 @@ def main() -> None:
     formatter = HarmonyFormatter(AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR), IMAGE_TOKEN, args.tokens_per_image)
     records = read_jsonl(args.root / "train.jsonl")
     results = {}
-    for stage, tasks in STAGE_TASKS.items():
+    for stage in ("longctx", "instruct"):
+        tasks = stage_tasks(stage)
         chosen = [r for r in records if r["task"] in tasks]
         lengths = [len(formatter.tokenize(r["id"], r["conversations"], len(record_images(r))).input_ids) for r in chosen]
         order = list(ResumableShuffleSampler(len(lengths), seed=42))
