@@ -8,12 +8,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from medgpt_oss.config import CONF_DIR, available_stages, model_config
 from medgpt_oss.models.hub import MissingWeightsError, resolve_pretrained
@@ -33,17 +34,65 @@ def check_pretrained(cfg: DictConfig) -> None:
         raise MissingWeightsError("\n\n".join(problems))
 
 
+class MissingExtraError(RuntimeError):
+    """A config choice needs an optional dependency that is not installed."""
+
+
+def check_strategy_available(cfg: DictConfig) -> None:
+    """Fail before any model work when the chosen strategy's optional package is missing."""
+    package = cfg.strategy.get("requires_package")
+    if package and importlib.util.find_spec(package) is None:
+        raise MissingExtraError(
+            f"strategy {cfg.strategy.get('_target_')} needs the '{package}' package, which is not installed: "
+            f"pip install 'medgpt-oss[{package}]' "
+            "(or choose strategy=fsdp, which needs nothing extra)"
+        )
+
+
 def build_strategy(cfg: DictConfig, stage: Any) -> Any:
-    """Strategy from the `strategy/` group; FSDP wrap/checkpoint units come from the model itself."""
+    """Strategy from the `strategy/` group; FSDP wrap/checkpoint units come from the model itself.
+
+    Precision is not set here: it is the trainer's (`trainer.precision`), and Lightning hands it to
+    the strategy (FSDP MixedPrecision, DeepSpeed bf16), so `trainer=gpu strategy=fsdp` trains bf16-mixed.
+    """
     spec = OmegaConf.to_container(cfg.strategy, resolve=True)
     if "_target_" not in spec:
         return spec["name"]
+    spec.pop("requires_package", None)  # checked by train() before any model work
     blocks = stage.vlm.fsdp_wrap_modules()
     if spec.pop("auto_wrap_model_blocks", False):
         spec["auto_wrap_policy"] = blocks
     if spec.pop("checkpoint_model_blocks", False):
         spec["activation_checkpointing_policy"] = blocks
     return hydra.utils.instantiate(spec)
+
+
+def _one_run_folder_for_all_ranks() -> None:
+    """Make the processes Lightning starts for DDP/FSDP ranks write into this job's run folder.
+
+    Lightning re-runs the command for ranks > 0 with ``hydra.run.dir=<HydraConfig.run.dir>``
+    appended. In a single run that is already this folder (Hydra caches ``${now:}``), but in a
+    multirun the job's folder is the sweep subdir, and ``sys.argv`` holds ``-m`` and the whole
+    sweep, so each child would start its own sweep in new folders. Point ``run.dir`` at the
+    job's real output folder and give the children this job's own overrides, as a single run.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        keep, args = [], iter(sys.argv[1:])
+        for arg in args:  # Hydra's own flags (config path/name/dir) stay; -m and the sweep go
+            if arg.split("=", 1)[0] in _HYDRA_VALUE_FLAGS:
+                keep += [arg] if "=" in arg else [arg, next(args, "")]
+        sys.argv[1:] = keep + list(hydra_cfg.overrides.task)
+
+
+_HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -56,6 +105,7 @@ def train(cfg: DictConfig) -> tuple[Any, Any]:
 
     L.seed_everything(cfg.seed, workers=True)
     check_pretrained(cfg)
+    check_strategy_available(cfg)
     # Plain dicts (not DictConfig) so checkpoints hold only primitive hparams and load with weights_only.
     stage = hydra.utils.instantiate(cfg.stage, model=model_config(cfg), _recursive_=False, _convert_="all")
     datamodule = hydra.utils.instantiate(cfg.data, input_spec=stage.vlm.input_spec())
@@ -82,11 +132,15 @@ def main(cfg: DictConfig) -> float | None:
             file=sys.stderr,
         )
         sys.exit(2)
+    argv = list(sys.argv)
+    _one_run_folder_for_all_ranks()
     try:
         trainer, _ = train(cfg)
-    except MissingWeightsError as exc:
+    except (MissingWeightsError, MissingExtraError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        sys.argv[:] = argv  # the next multirun job builds its own child command
     val_loss = trainer.callback_metrics.get("val/loss")
     return float(val_loss) if val_loss is not None else None  # the objective Hydra sweepers minimise
 

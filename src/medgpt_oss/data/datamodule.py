@@ -39,23 +39,40 @@ class ResumableShuffleSampler(Sampler[int]):
     """An endless stream of shuffled passes over the data, cut into epochs, that resumes exactly.
 
     Pass ``e`` is a permutation seeded by ``(seed, e)``; ``consumed`` counts the
-    samples the training loop has actually used (the datamodule advances it per
-    trained batch, so prefetching never skews it). Each ``iter()`` continues the
-    stream from ``consumed`` to the end of the current pass, so a run resumed
-    from a checkpoint -- mid-epoch or not -- sees exactly the samples the
-    uninterrupted run would have seen, whatever Lightning's epoch bookkeeping does.
+    samples the training loop has actually used, summed over all ranks (the
+    datamodule advances it per trained batch, so prefetching never skews it). Each
+    ``iter()`` continues the stream from ``consumed`` to the end of the current pass,
+    so a run resumed from a checkpoint -- mid-epoch or not, on any number of ranks --
+    sees exactly the samples the uninterrupted run would have seen.
+
+    With ``num_replicas`` ranks, rank ``r`` takes every ``num_replicas``-th sample of
+    the stream starting at ``r``: the ranks' ``k``-th batches together are exactly the
+    one-process batch ``k`` of size ``num_replicas x batch_size``. Lightning must not wrap
+    this sampler again (``trainer.use_distributed_sampler=false``). Every rank gets the same
+    number of samples per pass (unequal counts would hang DDP), so the last
+    ``< num_replicas`` samples of a pass are skipped; the next pass reshuffles everything.
     """
 
-    def __init__(self, length: int, seed: int) -> None:
+    def __init__(self, length: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+        if length < num_replicas:
+            raise ValueError(f"{length} training samples cannot feed {num_replicas} ranks; use fewer devices")
         self.length, self.seed, self.consumed = length, seed, 0
+        self.num_replicas, self.rank = num_replicas, rank
 
     def __len__(self) -> int:
-        return self.length
+        return self.length // self.num_replicas
 
     def __iter__(self):
         epoch, offset = divmod(self.consumed, self.length)
+        if self.length - offset < self.num_replicas:  # only the skipped tail is left: start the next pass
+            epoch, offset = epoch + 1, 0
+            self.consumed = epoch * self.length
+        per_rank = (self.length - offset) // self.num_replicas
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return iter(torch.randperm(self.length, generator=generator)[offset:].tolist())
+        order = torch.randperm(self.length, generator=generator)[offset + self.rank :: self.num_replicas]
+        return iter(order[:per_rank].tolist())
 
 
 class ConversationDataModule(L.LightningDataModule):
@@ -117,7 +134,18 @@ class ConversationDataModule(L.LightningDataModule):
         return self.processor.collate(samples)
 
     def train_dataloader(self) -> DataLoader:
-        self.train_sampler = ResumableShuffleSampler(len(self.datasets[self.train_split]), self.seed)
+        world_size, rank = 1, 0
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Our sampler shards by rank itself; Lightning's wrapper would shard it a second time.
+            if self.trainer._accelerator_connector.use_distributed_sampler:
+                raise ValueError(
+                    f"training on {self.trainer.world_size} processes needs trainer.use_distributed_sampler=false "
+                    "(ResumableShuffleSampler shards the data by rank and keeps the resume position itself)"
+                )
+            world_size, rank = self.trainer.world_size, self.trainer.global_rank
+        self.train_sampler = ResumableShuffleSampler(
+            len(self.datasets[self.train_split]), self.seed, num_replicas=world_size, rank=rank
+        )
         self.train_sampler.consumed = self._consumed_to_restore
         return self._loader(self.train_split, self.train_sampler)
 
@@ -129,7 +157,8 @@ class ConversationDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         # Called once per batch the loop really uses (after any prefetch), so this count is exact.
         if self.trainer is not None and self.trainer.training and self.train_sampler is not None:
-            self.train_sampler.consumed += len(batch["ids"])
+            # Every rank trains the same number of samples per step, so the global count is exact too.
+            self.train_sampler.consumed += len(batch["ids"]) * self.train_sampler.num_replicas
         return batch
 
     def state_dict(self) -> dict[str, Any]:
