@@ -12,8 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from medgpt_oss.models.attention import FLEX, packed_block_masks  # importing registers attn_implementation="flex"
 from medgpt_oss.models.hub import check_scale, resolve_pretrained
+from medgpt_oss.models.loss import chunked_cross_entropy
 from medgpt_oss.models.tokenizer import HARMONY_SPECIAL_TOKENS, IMAGE_TOKEN, TINY_TOKENIZER_DIR
 
 
@@ -35,8 +38,12 @@ class LanguageModel(nn.Module):
         attn_implementation: str | None = "eager",
         init_seed: int = 0,
         lora: dict[str, Any] | None = None,
+        loss_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
+        # Set: the training loss runs the output head in chunks of this many supervised tokens (models/loss.py)
+        # and forward(labels=...) returns the loss without logits. None: the plain transformers loss.
+        self.loss_chunk_size = loss_chunk_size
         self.pretrained_id = pretrained
         if check_scale(scale) == "full":
             path = resolve_pretrained(pretrained, "llm.pretrained")
@@ -146,6 +153,8 @@ class LanguageModel(nn.Module):
         )
 
         config = self.model.config
+        if config._attn_implementation == FLEX:  # one BlockMask per attention type, document mask inside
+            return packed_block_masks(config, position_ids)
         sequence_ids = (torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1).cumsum(-1)
         builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
         layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
@@ -159,4 +168,14 @@ class LanguageModel(nn.Module):
     def forward(self, **kwargs: Any):
         if kwargs.get("position_ids") is not None and kwargs.get("attention_mask") is None:
             kwargs["attention_mask"] = self.packed_attention_masks(kwargs["inputs_embeds"], kwargs["position_ids"])
+        if self.loss_chunk_size and kwargs.get("labels") is not None:
+            return self._chunked_loss_forward(**kwargs)
         return self.model(**kwargs)
+
+    def _chunked_loss_forward(self, labels: torch.Tensor, **kwargs: Any) -> CausalLMOutputWithPast:
+        if getattr(self.model.config, "output_router_logits", False):
+            raise ValueError("llm.loss_chunk_size does not add the router auxiliary loss; set it to null "
+                             "when training with output_router_logits=true")
+        hidden = self.model.get_decoder()(**kwargs).last_hidden_state
+        head = self.model.get_output_embeddings()
+        return CausalLMOutputWithPast(loss=chunked_cross_entropy(hidden, head, labels, self.loss_chunk_size))
