@@ -1,0 +1,5 @@
+"""Published data sets -> conversation records (one module per published format); see docs/data.md."""
+
+from medgpt_oss.data.sources.base import Skip, Source, SourceLayoutError, SourceRecord
+
+__all__ = ["Skip", "Source", "SourceLayoutError", "SourceRecord"]

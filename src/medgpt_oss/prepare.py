@@ -1,0 +1,257 @@
+"""Convert a published data set into the project's prepared shards (see docs/data.md)::
+
+    python -m medgpt_oss.prepare source=vqa_rad source.root=<dir> out=<dir> [strict=true]
+
+Every record goes through the checks training would apply -- the real
+``HarmonyFormatter`` with the same tokenizer, ``max_length`` and
+``tokens_per_image``, and a full decode of every image -- so a prepared folder
+holds only samples that train. A record that fails is written to
+``<out>/skipped.jsonl`` with its id, kind and reason, logged, and counted in the
+last line printed: one JSON object with the counts. ``strict=true`` stops at the
+first bad record instead, naming it, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from medgpt_oss.config import CONF_DIR
+from medgpt_oss.data.conversation import ConversationError, HarmonyFormatter
+from medgpt_oss.data.shards import MANIFEST, PreparedRecord, ShardWriter, write_manifest
+from medgpt_oss.data.sources.base import Skip, Source, SourceLayoutError, SourceRecord, has_bad_text
+
+try:  # engineer C is moving the DICOM reader into the data package; use whichever exists
+    from medgpt_oss.data.dicom import is_dicom, read_dicom
+except ImportError:  # pragma: no cover - depends on the checkout
+    from medgpt_oss.eval.dicom import is_dicom, read_dicom
+
+log = logging.getLogger("medgpt_oss.prepare")
+KEPT_FORMATS = ("PNG", "JPEG")  # stored byte for byte; anything else PIL reads is re-encoded as PNG
+FIRST_IDS = 5                   # ids listed per skip kind in the summary (all are in skipped.jsonl)
+
+
+class PrepareError(ValueError):
+    """strict=true: the first bad record, with what is wrong and how to fix it."""
+
+
+class BadRecord(Exception):
+    def __init__(self, kind: str, reason: str, fix: str = "") -> None:
+        super().__init__(reason)
+        self.kind, self.reason, self.fix = kind, reason, fix
+
+
+# -- images ------------------------------------------------------------------------------------
+
+def encode_image(path: Path, dicom_options: dict[str, Any]) -> bytes:
+    """The bytes to store for one image file; raises BadRecord when it cannot be used."""
+    if not path.is_file():
+        raise BadRecord("missing_image", f"image '{path}' does not exist", "check source.root and the image folder")
+    if path.stat().st_size == 0:
+        raise BadRecord("empty_image", f"image '{path}' is a zero-byte file", "download the image again")
+    if is_dicom(path):
+        try:
+            image = read_dicom(path, **dicom_options) if dicom_options else read_dicom(path)
+        except Exception as exc:  # pydicom raises many types; the message says which problem
+            if "pixel data" in str(exc).lower():
+                raise BadRecord("dicom_no_pixels", f"DICOM '{path}' has no pixel data",
+                                "it is a structured report or header-only file; drop it") from exc
+            raise BadRecord("corrupt_image", f"DICOM '{path}' cannot be read ({exc})", "check the file") from exc
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # a full decode: Image.open alone reads only the header and misses truncation
+            if image.format in KEPT_FORMATS:
+                return data
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            return buffer.getvalue()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadRecord("corrupt_image", f"image '{path}' cannot be decoded ({exc})",
+                        "download the image again or drop the record") from exc
+
+
+# -- conversations -----------------------------------------------------------------------------
+
+def conversation_problem(exc: ConversationError) -> str:
+    """The countable kind of a ConversationError (its message is the reason)."""
+    problem = exc.problem
+    if "placeholders" in problem:
+        return "image_placeholders"
+    if "exceed max_length" in problem:
+        return "too_long"
+    if "is empty" in problem:
+        return "empty_answer"
+    if "does not end with an assistant turn" in problem:
+        return "missing_answer"
+    return "bad_conversation"
+
+
+def load_formatter(cfg: DictConfig) -> HarmonyFormatter:
+    """The formatter training uses, with the tokenizer of the model that will train on the data."""
+    from transformers import AutoTokenizer
+
+    from medgpt_oss.models.tokenizer import HARMONY_SPECIAL_TOKENS, TINY_TOKENIZER_DIR
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or TINY_TOKENIZER_DIR)
+    missing = [t for t in HARMONY_SPECIAL_TOKENS + [cfg.image_token] if t not in tokenizer.get_vocab()]
+    if missing:  # as LanguageModel does, so the real GPT-oss tokenizer counts the same tokens here
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    return HarmonyFormatter(tokenizer, cfg.image_token, cfg.tokens_per_image,
+                            system_prompt=cfg.system_prompt, max_length=cfg.max_length)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+class Preparer:
+    """Validates records and writes the good ones, split by split; counts everything."""
+
+    def __init__(self, out: Path, formatter: HarmonyFormatter, strict: bool = False,
+                 dicom_options: dict[str, Any] | None = None, shard_records: int = 2048,
+                 row_group_records: int = 128, image_cache: int = 256) -> None:
+        self.out, self.formatter, self.strict = out, formatter, strict
+        self.shard_records, self.row_group_records = shard_records, row_group_records
+        self.writers: dict[str, ShardWriter] = {}
+        self.tasks: Counter[str] = Counter()
+        self.answer_types: Counter[str] = Counter()
+        self.skips: dict[str, dict[str, Any]] = defaultdict(lambda: {"count": 0, "first_ids": []})
+        options = dict(dicom_options or {})
+        # VQA sets ask many questions about one image: decode it once (bounded, so memory stays flat)
+        self._image = lru_cache(maxsize=image_cache)(lambda path: self._try_image(path, options))
+        self._skipped = open(out / "skipped.jsonl", "w", encoding="utf-8")
+
+    @staticmethod
+    def _try_image(path: Path, options: dict[str, Any]) -> bytes | BadRecord:
+        try:
+            return encode_image(path, options)
+        except BadRecord as bad:
+            return bad
+
+    def check(self, rec: SourceRecord) -> list[bytes]:
+        """The record's image bytes; raises BadRecord with the first problem found."""
+        if has_bad_text(rec.conversations) or has_bad_text(rec.meta) or has_bad_text([str(p) for p in rec.images]):
+            raise BadRecord("non_utf8", "text holds bytes that are not UTF-8",
+                            "re-encode the source file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+        try:
+            self.formatter.tokenize(rec.id, rec.conversations, len(rec.images))
+        except ConversationError as exc:
+            raise BadRecord(conversation_problem(exc), exc.problem, str(exc).partition(" -- fix: ")[2]) from exc
+        images = []
+        for path in rec.images:
+            data = self._image(Path(path))
+            if isinstance(data, BadRecord):
+                raise data
+            images.append(data)
+        return images
+
+    def skip(self, skip: Skip) -> None:
+        if self.strict:
+            raise PrepareError(f"record '{skip.id}' ({skip.split or 'no split'}): {skip.kind}: {skip.reason}"
+                               + (f" -- fix: {skip.fix}" if skip.fix else "")
+                               + " (strict=false skips and reports such records instead)")
+        entry = self.skips[skip.kind]
+        entry["count"] += 1
+        if len(entry["first_ids"]) < FIRST_IDS:
+            entry["first_ids"].append(skip.id)
+        self._skipped.write(json.dumps({"id": skip.id, "split": skip.split, "kind": skip.kind,
+                                        "reason": skip.reason, "fix": skip.fix}, default=str) + "\n")
+        # ascii(): an id or reason may hold the very bytes that were not UTF-8
+        log.warning("skip %s [%s]: %s", ascii(skip.id)[1:-1], skip.kind, ascii(skip.reason)[1:-1])
+
+    def add(self, item: SourceRecord | Skip) -> None:
+        if isinstance(item, Skip):
+            self.skip(item)
+            return
+        try:
+            images = self.check(item)
+        except BadRecord as bad:
+            self.skip(Skip(item.id, bad.kind, bad.reason, bad.fix, item.split))
+            return
+        if item.split not in self.writers:
+            self.writers[item.split] = ShardWriter(self.out, item.split, self.shard_records, self.row_group_records)
+        self.writers[item.split].write(PreparedRecord(item.id, item.task, item.conversations, images,
+                                                      [str(p) for p in item.images], item.meta))
+        self.tasks[item.task] += 1
+        if item.meta.get("answer_type"):
+            self.answer_types[str(item.meta["answer_type"])] += 1
+
+    def finish(self, source_name: str) -> dict[str, Any]:
+        self._skipped.close()
+        splits = {name: writer.close() for name, writer in sorted(self.writers.items())}
+        report = {
+            "source": source_name,
+            "out": str(self.out),
+            "written": sum(s["records"] for s in splits.values()),
+            "splits": {name: s["records"] for name, s in splits.items()},
+            "tasks": dict(sorted(self.tasks.items())),
+            "answer_types": dict(sorted(self.answer_types.items())),
+            "skipped": sum(s["count"] for s in self.skips.values()),
+            "skip_reasons": dict(sorted(self.skips.items())),
+        }
+        write_manifest(self.out, source_name, splits, report)
+        return report
+
+
+def prepare(source: Source, out: str | Path, formatter: HarmonyFormatter, strict: bool = False,
+            overwrite: bool = False, **options: Any) -> dict[str, Any]:
+    """Read ``source``, write ``out``; returns the counts (also in the manifest's ``report``)."""
+    out = Path(out)
+    clear_previous(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    preparer = Preparer(out, formatter, strict=strict, **options)
+    try:
+        items: Iterable[SourceRecord | Skip] = source.records()
+        for item in items:
+            preparer.add(item)
+    except BaseException:
+        preparer._skipped.close()
+        raise
+    return preparer.finish(source.name)
+
+
+def clear_previous(out: Path, overwrite: bool) -> None:
+    """A folder that already holds prepared data is replaced only with overwrite=true, and only our files."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / MANIFEST).is_file():
+        raise FileExistsError(f"out='{out}' is not empty and holds no prepared data; choose a new folder")
+    if not overwrite:
+        raise FileExistsError(f"out='{out}' already holds prepared data; pass overwrite=true to replace it")
+    for split in json.loads((out / MANIFEST).read_text()).get("splits", {}):
+        shutil.rmtree(out / split, ignore_errors=True)
+    for name in (MANIFEST, "skipped.jsonl"):
+        (out / name).unlink(missing_ok=True)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="prepare: %(message)s", stream=sys.stderr)
+    source: Source = instantiate(cfg.source, _convert_="all")
+    try:
+        report = prepare(source, cfg.out, load_formatter(cfg), strict=cfg.strict, overwrite=cfg.overwrite,
+                         dicom_options=OmegaConf.to_container(cfg.dicom), shard_records=cfg.shard_records,
+                         row_group_records=cfg.row_group_records)
+    except (SourceLayoutError, PrepareError, FileExistsError) as exc:
+        sys.exit(f"error: {exc}")
+    print(json.dumps(report, ensure_ascii=False), flush=True)  # the last line: the counts, machine-readable
+    return report
+
+
+if __name__ == "__main__":
+    main()
