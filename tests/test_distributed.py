@@ -45,13 +45,14 @@ def cli(root: Path, data_dir: Path, *overrides: str, devices: int = 1, run_dir: 
         "+stage=align", "scale=tiny", "trainer.accelerator=cpu", f"trainer.devices={devices}", "logger=csv",
         "data.tasks=[closed]", f"trainer.max_steps={STEPS}", "trainer.log_every_n_steps=1",
         "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "callbacks.model_checkpoint.every_n_train_steps=2", f"paths.data_dir={data_dir}",
-        *small_data_overrides(), *overrides,
+        "callbacks.model_checkpoint.every_n_train_steps=2", f"paths.root_dir={root}", f"paths.data_dir={data_dir}",
+        *small_data_overrides(), *(o for o in overrides if not o.startswith("-")),
     ]
+    flags = [o for o in overrides if o.startswith("-")]  # Hydra's flags (-m) go before the overrides
     if run_dir is not None:
         args.append(f"hydra.run.dir={run_dir}")
-    env = {**os.environ, "MEDGPT_ROOT": str(root), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "medgpt_oss.train", *args], env=env, capture_output=True,
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "medgpt_oss.train", *flags, *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -99,6 +100,21 @@ def test_ddp_two_processes_write_one_run_folder(ddp_root):
     # rank 1 logs beside rank 0 (Lightning names its Hydra job train_ddp_process_1) and writes nothing else
     assert {"train.log", "train_ddp_process_1.log", "config.yaml", "csv", "checkpoints"} <= {p.name for p in run.iterdir()}
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step000002.ckpt", "step000004.ckpt"]
+
+
+@pytest.mark.slow
+def test_ddp_multirun_gives_each_job_one_folder_and_its_own_overrides(medsynth_dir, tmp_path):
+    """Lightning re-runs the command for rank 1; in a sweep that must be this job, not the whole sweep."""
+    cli(tmp_path, medsynth_dir, "-m", "strategy=ddp", f"data.batch_size={PER_DEVICE_BATCH}", "trainer.max_steps=1",
+        "seed=1,2", devices=2)
+    sweeps = list((tmp_path / "outputs" / "align" / "multiruns").iterdir())
+    assert len(sweeps) == 1 and not (tmp_path / "outputs" / "align" / "runs").exists()
+    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    for job, seed in (("0", 1), ("1", 2)):
+        child_log = (sweeps[0] / job / "train_ddp_process_1.log").read_text()
+        assert f"[rank: 1] Seed set to {seed}\n" in child_log  # rank 1 ran this job's overrides
+        assert (sweeps[0] / job / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.slow

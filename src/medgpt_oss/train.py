@@ -9,7 +9,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +96,32 @@ def _one_run_folder_for_all_ranks() -> None:
 
 
 _HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+# What Lightning's launcher sets in the launching process's own environment.
+_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def _job_leaves_no_distributed_state() -> Iterator[None]:
+    """Let the next job of a multirun start its own ranks (Hydra runs the jobs in one process).
+
+    After a DDP/FSDP job the process group is still up (Lightning destroys it only at exit) and
+    the launcher left ``LOCAL_RANK`` & co. in ``os.environ``, so the next job would take itself for
+    an externally launched rank and wait for peers that have exited. Undo both, and ``sys.argv``.
+    """
+    argv, env = list(sys.argv), {key: os.environ.get(key) for key in _LAUNCH_ENV}
+    try:
+        yield
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        sys.argv[:] = argv
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -132,15 +161,13 @@ def main(cfg: DictConfig) -> float | None:
             file=sys.stderr,
         )
         sys.exit(2)
-    argv = list(sys.argv)
-    _one_run_folder_for_all_ranks()
-    try:
-        trainer, _ = train(cfg)
-    except (MissingWeightsError, MissingExtraError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        sys.argv[:] = argv  # the next multirun job builds its own child command
+    with _job_leaves_no_distributed_state():
+        _one_run_folder_for_all_ranks()
+        try:
+            trainer, _ = train(cfg)
+        except (MissingWeightsError, MissingExtraError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
     val_loss = trainer.callback_metrics.get("val/loss")
     return float(val_loss) if val_loss is not None else None  # the objective Hydra sweepers minimise
 
