@@ -146,21 +146,18 @@ class LanguageModel(nn.Module):
         Sample boundaries are where position ids do not advance by one. Built here because
         some models (GPT-oss in transformers 5) do not derive them from ``position_ids``.
         """
-        from transformers.masking_utils import (
-            create_causal_mask,
-            create_sliding_window_causal_mask,
-            packed_sequence_mask_function,
-        )
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
         config = self.model.config
         if config._attn_implementation == FLEX:  # one BlockMask per attention type, document mask inside
             return packed_block_masks(config, position_ids)
-        sequence_ids = (torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1).cumsum(-1)
         builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
         layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+        # Given position_ids and no 2D mask, the builders find the samples themselves and index them by
+        # token. (An extra and_mask_function would be indexed by the remapped *positions* and cut later
+        # samples off from their own first tokens whenever an earlier sample in the row is shorter.)
         return {
             kind: builders[kind](config, inputs_embeds, None, None, position_ids=position_ids,
-                                 and_mask_function=packed_sequence_mask_function(sequence_ids),
                                  allow_is_causal_skip=False)
             for kind in layer_types
         }
