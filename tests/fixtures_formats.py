@@ -11,6 +11,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.data import get_testdata_file
@@ -303,8 +304,11 @@ def write_bad_corpus(root: Path) -> Path:
     (img / "i16.png").write_bytes(image_bytes("PNG", 3000, "I;16"))
     (img / "ct.dcm").write_bytes(dicom_bytes(pixels=True))
     (img / "header_only.dcm").write_bytes(dicom_bytes(pixels=False))
-    jpeg = image_bytes("JPEG", 120, "RGB", size=64)
-    (img / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    # noise, so the scan data is long: cut at 2/3 the header is intact and only a full decode notices
+    noise = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="JPEG")
+    (img / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
     (img / "zero.png").write_bytes(b"")
     records = [
         {"id": "good-png", "image": "ok.png", "conversations": conv("<image>\nWhat is shown?", "A chest X-ray.")},

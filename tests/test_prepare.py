@@ -121,3 +121,20 @@ def test_cli_end_to_end_prints_counts_as_last_line(tmp_path):
     assert "skip vqa_rad-12 [missing_field]" in result.stderr
     assert sorted(read_back(tmp_path / "out")) == ["vqa_rad-1", "vqa_rad-10", "vqa_rad-11", "vqa_rad-2", "vqa_rad-3"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no run folder, no .hydra copy
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "source").glob("*.yaml")))
+def test_every_source_config_composes_and_instantiates(tmp_path, name):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from medgpt_oss.config import CONF_DIR
+    from medgpt_oss.data.sources.base import Source
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("prepare", overrides=[f"source={name}", f"source.root={tmp_path}", f"out={tmp_path / 'out'}"])
+    source = instantiate(cfg.source, _convert_="all")
+    assert isinstance(source, Source) and source.root == tmp_path
+    assert "docs/data.md#" in (REPO / "conf" / "source" / f"{name}.yaml").read_text()
