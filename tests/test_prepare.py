@@ -138,3 +138,16 @@ def test_every_source_config_composes_and_instantiates(tmp_path, name):
     source = instantiate(cfg.source, _convert_="all")
     assert isinstance(source, Source) and source.root == tmp_path
     assert "docs/data.md#" in (REPO / "conf" / "source" / f"{name}.yaml").read_text()
+
+
+def test_strict_counts_expected_skips_without_stopping(tmp_path, formatter):
+    """IU X-ray's studies without findings are a property of the data set, not broken input."""
+    from medgpt_oss.data.sources.iu_xray import IUXrayR2Gen
+    from tests.fixtures_formats import write_iu_r2gen
+
+    report = prepare(IUXrayR2Gen(write_iu_r2gen(tmp_path / "src")), tmp_path / "out", formatter, strict=True)
+    assert report["skip_reasons"] == {"empty_findings": {"count": 1, "first_ids": ["iu_xray-CXR2_IM-0002"]}}
+    assert report["tasks"] == {"multiview_report": 3}
+    (tmp_path / "src" / "images" / "CXR3_IM-0003" / "1.png").unlink()
+    with pytest.raises(PrepareError, match=r"record 'iu_xray-CXR3_IM-0003' \(val\): missing_image"):
+        prepare(IUXrayR2Gen(tmp_path / "src"), tmp_path / "out", formatter, strict=True, overwrite=True)

@@ -8,7 +8,8 @@ Every record goes through the checks training would apply -- the real
 holds only samples that train. A record that fails is written to
 ``<out>/skipped.jsonl`` with its id, kind and reason, logged, and counted in the
 last line printed: one JSON object with the counts. ``strict=true`` stops at the
-first bad record instead, naming it, the problem and the fix.
+first bad record instead, naming it, the problem and the fix (skips a source
+marks as expected, such as IU X-ray's studies without findings, are still only counted).
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ class Preparer:
         return images
 
     def skip(self, skip: Skip) -> None:
-        if self.strict:
+        if self.strict and not skip.expected:
             raise PrepareError(f"record '{skip.id}' ({skip.split or 'no split'}): {skip.kind}: {skip.reason}"
                                + (f" -- fix: {skip.fix}" if skip.fix else "")
                                + " (strict=false skips and reports such records instead)")

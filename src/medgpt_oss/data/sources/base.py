@@ -46,6 +46,8 @@ class Skip:
     reason: str    # the specific problem
     fix: str = ""
     split: str = ""
+    expected: bool = False  # a known property of the data set (IU X-ray's empty findings), not broken input:
+                            # counted and reported, but strict=true does not stop on it
 
 
 class SourceLayoutError(FileNotFoundError):

@@ -46,7 +46,7 @@ images/<image_path>"""
                 report, paths = rec.get("report"), rec.get("image_path") or []
                 if not isinstance(report, str) or not report.strip():
                     yield Skip(rid, "empty_findings", "empty or missing report", "IU X-ray has studies without "
-                               "findings; nothing to fix unless you expected one", split)
+                               "findings; nothing to fix unless you expected one", split, expected=True)
                 elif not paths:
                     yield Skip(rid, "missing_field", "no image_path", "", split)
                 else:
@@ -89,7 +89,7 @@ images/images_normalized/<filename>"""
             study = sorted(views.get(uid, []), key=lambda v: v[0] != "frontal")  # stable: frontal views first
             if not findings:
                 yield Skip(rid, "empty_findings", "the findings column is empty", "IU X-ray has studies without "
-                           "findings; nothing to fix unless you expected one", split)
+                           "findings; nothing to fix unless you expected one", split, expected=True)
             elif not study:
                 yield Skip(rid, "missing_field", "no row in indiana_projections.csv", "", split)
             else:

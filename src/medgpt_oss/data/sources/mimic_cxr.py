@@ -60,11 +60,13 @@ class _StudySamples(Source):
             rid, meta = f"{self.name}-s{s.study_id}", {"study_id": s.study_id, "subject_id": s.subject_id}
             if not s.report:
                 yield Skip(rid, "no_report_section", f"the report has no {self.section.upper()} section",
-                           "choose source.section=impression, or nothing: MIMIC-CXR reports often lack one", s.split)
+                           "choose source.section=impression, or nothing: MIMIC-CXR reports often lack one", s.split,
+                           expected=True)
                 continue
             frontal, lateral = s.frontal(), s.lateral()
             if frontal is None:
-                yield Skip(rid, "no_frontal_view", f"views {[v for v, _ in s.views]} hold no PA/AP image", "", s.split)
+                yield Skip(rid, "no_frontal_view", f"views {[v for v, _ in s.views]} hold no PA/AP image", "",
+                           s.split, expected=True)
                 continue
             prompt = PROMPT.format(section=self.section)
             if "report" in self.tasks:
