@@ -1,9 +1,13 @@
 """Distribution strategies that need more than Lightning's defaults (conf/strategy/ picks them).
 
-Our checkpoints hold only the weights a stage trains or received (``VLMStage.on_save_checkpoint``);
-frozen weights come back from the base weights. Lightning's FSDP sharded load asks the
-distributed checkpoint for *every* weight of the model and fails on the frozen ones, so the
-subclass below loads just the weights the checkpoint folder holds.
+``TrainedOnlyFSDPStrategy`` is Lightning's FSDPStrategy with three differences:
+
+- Our checkpoints hold only the weights a stage trains or received (``VLMStage.on_save_checkpoint``);
+  frozen weights come back from the base weights. Lightning's sharded load asks the distributed
+  checkpoint for *every* weight and DCP fails on the frozen ones ("Missing key in checkpoint
+  state_dict"), so it loads just the weights the checkpoint folder holds.
+- ``gradient_clip_val`` works (clip by the global norm over all shards; Lightning's FSDP refuses it).
+- It runs on CPU (gloo), which current torch FSDP refuses unless told the device explicitly.
 """
 
 from __future__ import annotations
