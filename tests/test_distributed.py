@@ -226,3 +226,30 @@ def test_slurm_launcher_config_composes_with_the_trainer_resources(tmp_path):
     assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (2, 4, 4)
     assert launcher["partition"] == "gpu" and launcher["signal_delay_s"] == 120  # plugin defaults kept
     assert type(hydra.utils.instantiate(cfg.hydra.launcher)).__name__ == "SlurmLauncher"  # submits nothing
+
+
+def test_fsdp_with_trainer_gpu_gets_bf16_mixed_precision_and_wraps_the_models_blocks(tmp_path):
+    """Precision is the trainer group's; Lightning turns bf16-mixed into FSDP MixedPrecision."""
+    import hydra
+    from lightning.pytorch import Trainer
+
+    from medgpt_oss.config import model_config
+    from medgpt_oss.strategies import NormClippingFSDPPrecision
+    from medgpt_oss.train import build_strategy
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["+stage=align", "scale=tiny", "trainer=gpu", "strategy=fsdp"], tmp_path)
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.use_distributed_sampler is False
+    stage = hydra.utils.instantiate(cfg.stage, model=model_config(cfg), _recursive_=False, _convert_="all")
+    strategy = build_strategy(cfg, stage)
+    # accelerator=cpu only so the Trainer can be built here; nothing runs
+    trainer = Trainer(accelerator="cpu", devices=1, precision=cfg.trainer.precision, strategy=strategy, logger=False)
+    plugin = trainer.strategy.precision_plugin
+    assert isinstance(plugin, NormClippingFSDPPrecision)
+    mp = plugin.mixed_precision_config
+    assert (mp.param_dtype, mp.reduce_dtype, mp.buffer_dtype) == (torch.bfloat16,) * 3
+    assert trainer.strategy.sharding_strategy.name == "FULL_SHARD"
+    blocks = stage.vlm.fsdp_wrap_modules()
+    assert {b.__name__ for b in blocks} == {"GptOssDecoderLayer", "CLIPEncoderLayer"}
+    assert trainer.strategy.kwargs["auto_wrap_policy"]._module_classes == blocks  # FSDP units
+    assert trainer.strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == blocks  # recompute
