@@ -62,12 +62,33 @@ def build_strategy(cfg: DictConfig, stage: Any) -> Any:
     if "_target_" not in spec:
         return spec["name"]
     spec.pop("requires_package", None)  # checked by train() before any model work
+    if str(spec.get("sharding_strategy", "")).startswith("HYBRID"):
+        _check_hybrid_has_a_node_to_shard(cfg)
     blocks = stage.vlm.fsdp_wrap_modules()
     if spec.pop("auto_wrap_model_blocks", False):
         spec["auto_wrap_policy"] = blocks
     if spec.pop("checkpoint_model_blocks", False):
         spec["activation_checkpointing_policy"] = blocks
     return hydra.utils.instantiate(spec)
+
+
+def _check_hybrid_has_a_node_to_shard(cfg: DictConfig) -> None:
+    """HYBRID_SHARD shards over the GPUs FSDP counts on a node (CUDA's device count; 1 on CPU).
+
+    With one device per node the shard group is a single rank, and we measured (2 CPU processes)
+    that the ranks then train on their own halves of the batch: losses drift from one process's.
+    """
+    import torch
+
+    accelerator = cfg.trainer.accelerator
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if not on_gpu or cfg.trainer.devices in (1, "1", [0]):
+        raise ValueError(
+            "strategy=fsdp_hybrid shards within a node and needs several GPUs per node "
+            f"(here accelerator={accelerator}, devices={cfg.trainer.devices}); with one device per node FSDP "
+            "shards over a single rank and, as measured on CPU, does not combine the ranks' gradients. "
+            "Use strategy=fsdp (or ddp) instead."
+        )
 
 
 def _one_run_folder_for_all_ranks() -> None:
