@@ -35,7 +35,7 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str], str]:
 
 def prepared_images(images: list[str], tmp: Path) -> list[str]:
     """Image paths the training loader can read; DICOM files are converted to PNG first."""
-    from medgpt_oss.eval.dicom import is_dicom, read_dicom
+    from medgpt_oss.data.dicom import is_dicom, read_dicom
 
     out = []
     for i, path in enumerate(images):

@@ -32,13 +32,9 @@ from PIL import Image
 
 from medgpt_oss.config import CONF_DIR
 from medgpt_oss.data.conversation import ConversationError, HarmonyFormatter
+from medgpt_oss.data.dicom import is_dicom, read_dicom
 from medgpt_oss.data.shards import MANIFEST, PreparedRecord, ShardWriter, write_manifest
 from medgpt_oss.data.sources.base import Skip, Source, SourceLayoutError, SourceRecord, has_bad_text
-
-try:  # engineer C is moving the DICOM reader into the data package; use whichever exists
-    from medgpt_oss.data.dicom import is_dicom, read_dicom
-except ImportError:  # pragma: no cover - depends on the checkout
-    from medgpt_oss.eval.dicom import is_dicom, read_dicom
 
 log = logging.getLogger("medgpt_oss.prepare")
 KEPT_FORMATS = ("PNG", "JPEG")  # stored byte for byte; anything else PIL reads is re-encoded as PNG

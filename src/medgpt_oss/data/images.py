@@ -1,27 +1,67 @@
-"""Image loading and the encoder-side transform (resize + normalise)."""
+"""Image loading (any PIL mode, DICOM) and the encoder-side transform (resize + normalise)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from medgpt_oss.data.dicom import DicomOptions, is_dicom, read_dicom_frames
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as 8-bit RGB, whatever its mode (L, I;16, RGBA, P, ...)."""
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            # High bit-depth greyscale: stretch the actual range to 8 bits instead of clipping.
-            arr = np.asarray(img, dtype=np.float32)
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-            img = Image.fromarray(arr.astype(np.uint8), mode="L")
-        return img.convert("RGB")
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Transparent pixels are composited on white: in published figures and screenshots (PMC-OA,
+# ROCO) transparency stands for the white page, and dark labels/arrows drawn on it would vanish
+# on black.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+def load_frames(source: str | Path | IO[bytes],
+                dicom: DicomOptions | Mapping[str, Any] | None = None) -> list[Image.Image]:
+    """An image file (path or file object) as 8-bit RGB images: one, or a DICOM's frames per ``dicom.frames``."""
+    if is_dicom(source):
+        return read_dicom_frames(source, dicom)
+    with Image.open(source) as img:
+        img.load()  # a full decode here, so truncated files fail now, inside this function
+        rgb = to_rgb(img)
+        return [img.copy() if rgb is img else rgb]  # closing `img` frees its pixels
+
+
+def load_image(source: str | Path | IO[bytes],
+               dicom: DicomOptions | Mapping[str, Any] | None = None) -> Image.Image:
+    """One image as 8-bit RGB: PNG/JPEG/TIFF of any mode, or DICOM (by extension or 'DICM' magic)."""
+    frames = load_frames(source, dicom)
+    if len(frames) != 1:
+        raise ValueError(f"'{source}' has {len(frames)} frames; load_frames returns them all (dicom.frames='all')")
+    return frames[0]
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB.
+
+    L/P/CMYK/YCbCr convert directly; LA/RGBA/PA and P with transparency are composited on
+    :data:`ALPHA_BACKGROUND`; 16-/32-bit integer and float greyscale (I;16, I, F) are stretched
+    from their actual min..max to 0..255 -- clipping would keep only the darkest 256 levels.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in HIGH_BIT_DEPTH_MODES:
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.rint(arr).astype(np.uint8), mode="L").convert("RGB")
+    if (mode == "P" and "transparency" in img.info) or mode == "PA":
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("LA", "La", "RGBA", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 class ImageTransform:
