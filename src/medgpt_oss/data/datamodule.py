@@ -8,17 +8,18 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medgpt_oss.data.jsonl import read_jsonl
-from medgpt_oss.data.packing import pack
 from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
 
 
 class ConversationDataset(Dataset):
     """Records of one split, optionally restricted to some tasks, processed lazily."""
 
-    def __init__(self, path: Path, processor: SampleProcessor, tasks: Sequence[str] | None = None) -> None:
+    def __init__(self, path: Path, processor: SampleProcessor, tasks: Sequence[str] | None = None,
+                 strict: bool = False) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"split file '{path}' does not exist; set data.root to a prepared data folder")
         records = read_jsonl(path)
@@ -26,13 +27,43 @@ class ConversationDataset(Dataset):
         if not self.records:
             found = sorted({str(r.get("task")) for r in records})
             raise ValueError(f"'{path}' has no records of tasks {list(tasks or [])}; it has tasks {found}")
-        self.processor = processor
+        self.processor, self.strict = processor, strict
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.processor(self.records[index])
+        return self.processor.process(self.records[index], strict=self.strict)
+
+
+class CountsSkippedSamples:
+    """Data module mixin: the running total of skipped bad samples, in every batch, the checkpoint and the log.
+
+    Collation leaves ``skipped`` (this batch, this rank) in each batch; the total is summed over ranks
+    (every rank calls this once per training batch, so the collective lines up), carried in the batch
+    as ``skipped_total`` for the stage to log as ``data/skipped``, and reported when fit ends.
+    """
+
+    skipped_total: int = 0
+    skipped_examples: list[str]
+
+    def _count_skipped(self, batch: dict[str, Any]) -> None:
+        skipped = int(batch.get("skipped", 0))
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            skipped = int(trainer.strategy.reduce(torch.tensor(skipped, device=trainer.strategy.root_device),
+                                                  reduce_op="sum").item())
+        self.skipped_total += skipped
+        if not hasattr(self, "skipped_examples"):
+            self.skipped_examples = []
+        self.skipped_examples += batch.get("skipped_reasons", [])[: 20 - len(self.skipped_examples)]
+        batch["skipped_total"] = self.skipped_total
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and self.skipped_total:
+            examples = "\n  ".join(getattr(self, "skipped_examples", []))
+            rank_zero_info(f"skipped {self.skipped_total} bad training samples (data.strict=true stops at the first); "
+                           f"first ones on rank 0:\n  {examples}")
 
 
 class ResumableShuffleSampler(Sampler[int]):
@@ -75,7 +106,7 @@ class ResumableShuffleSampler(Sampler[int]):
         return iter(order[:per_rank].tolist())
 
 
-class ConversationDataModule(L.LightningDataModule):
+class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
     """Train/val loaders over ``{root}/{split}.jsonl``. ``synth`` generates MedSynth there first."""
 
     def __init__(
@@ -92,6 +123,7 @@ class ConversationDataModule(L.LightningDataModule):
         synth: dict[str, Any] | None = None,
         seed: int = 0,
         pack_length: int | None = None,
+        strict: bool = False,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -102,6 +134,7 @@ class ConversationDataModule(L.LightningDataModule):
         self.synth = dict(synth) if synth else None
         self.seed = seed
         self.pack_length = pack_length
+        self.strict = strict  # true: the first bad sample stops training, naming it; false: skipped and counted
         self.processor = SampleProcessor(input_spec, self.root, system_prompt=system_prompt, max_length=max_length)
         self.datasets: dict[str, ConversationDataset] = {}
         self.train_sampler: ResumableShuffleSampler | None = None
@@ -116,7 +149,8 @@ class ConversationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split in filter(None, (self.train_split, self.val_split)):
             if split not in self.datasets:
-                self.datasets[split] = ConversationDataset(self.root / f"{split}.jsonl", self.processor, self.tasks)
+                self.datasets[split] = ConversationDataset(self.root / f"{split}.jsonl", self.processor, self.tasks,
+                                                           strict=self.strict)
 
     def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
@@ -129,9 +163,7 @@ class ConversationDataModule(L.LightningDataModule):
         )
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        if self.pack_length:
-            return pack(samples, self.pack_length, self.processor.pad_id)
-        return self.processor.collate(samples)
+        return self.processor.collate_kept(samples, self.pack_length)
 
     def train_dataloader(self) -> DataLoader:
         world_size, rank = 1, 0
@@ -157,17 +189,20 @@ class ConversationDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         # Called once per batch the loop really uses (after any prefetch), so this count is exact.
         if self.trainer is not None and self.trainer.training and self.train_sampler is not None:
-            # Every rank trains the same number of samples per step, so the global count is exact too.
-            self.train_sampler.consumed += len(batch["ids"]) * self.train_sampler.num_replicas
+            # Every rank draws the same number of samples per step, so the global count is exact too.
+            drawn = len(batch["ids"]) + batch.get("skipped", 0)
+            self.train_sampler.consumed += drawn * self.train_sampler.num_replicas
+            self._count_skipped(batch)
         return batch
 
     def state_dict(self) -> dict[str, Any]:
         consumed = self.train_sampler.consumed if self.train_sampler is not None else self._consumed_to_restore
-        return {"train_samples_consumed": consumed, "seed": self.seed}
+        return {"train_samples_consumed": consumed, "seed": self.seed, "skipped_total": self.skipped_total}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(f"checkpoint was trained with data seed {state['seed']}, this run uses {self.seed}")
         self._consumed_to_restore = state["train_samples_consumed"]
+        self.skipped_total = state.get("skipped_total", 0)
         if self.train_sampler is not None:
             self.train_sampler.consumed = self._consumed_to_restore

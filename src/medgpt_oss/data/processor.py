@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from medgpt_oss.data.conversation import IGNORE_INDEX, ConversationError, HarmonyFormatter
 from medgpt_oss.data.images import ImageTransform, load_image
+from medgpt_oss.data.packing import pack
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,13 +50,15 @@ class SampleProcessor:
         self.transform = ImageTransform(spec.image_size, spec.image_mean, spec.image_std)
         self.pad_id = spec.tokenizer.pad_token_id
 
-    def load_pixels(self, record_id: str, image_paths: list[str]) -> torch.Tensor:
+    def load_pixels(self, record_id: str, image_paths: list[str], image_bytes: list[bytes] | None = None) -> torch.Tensor:
+        """Decode + transform each image: from ``image_bytes`` (prepared shards) or from files under root."""
         pixels = []
-        for rel in image_paths:
-            path = self.root / rel
+        for i, rel in enumerate(image_paths):
+            path = self.root / rel if image_bytes is None else f"{rel} (embedded, {len(image_bytes[i])} bytes)"
             try:
-                pixels.append(self.transform(load_image(path)))
-            except (OSError, ValueError) as exc:
+                source = self.root / rel if image_bytes is None else io.BytesIO(image_bytes[i])
+                pixels.append(self.transform(load_image(source)))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 raise ConversationError(record_id, f"image '{path}' cannot be read ({exc})",
                                         "fix or remove the file, or drop the record") from exc
         if not pixels:
@@ -61,12 +69,44 @@ class SampleProcessor:
         record_id = str(record.get("id", "<no id>"))
         images = record_images(record)
         tokens = self.formatter.tokenize(record_id, record["conversations"], len(images), for_generation)
+        if not for_generation and not bool((tokens.labels != IGNORE_INDEX).any()):
+            # LLaVA's failure mode: a sample whose labels are all masked trains on nothing, silently.
+            raise ConversationError(record_id, "no token of the sample is supervised",
+                                    "give the record a non-empty assistant answer")
+        image_bytes = record.get("image_bytes")
+        if image_bytes is not None and len(image_bytes) != len(images):
+            raise ConversationError(record_id, f"{len(image_bytes)} embedded images but {len(images)} image names",
+                                    "prepare the data again")
         return {
             "id": record_id,
             "input_ids": tokens.input_ids,
             "labels": tokens.labels,
-            "pixel_values": self.load_pixels(record_id, images),
+            "pixel_values": self.load_pixels(record_id, images, image_bytes),
         }
+
+    def process(self, record: dict[str, Any], strict: bool = False) -> dict[str, Any]:
+        """A training sample; a bad record raises when ``strict``, else comes back as ``{"id", "skipped"}``."""
+        try:
+            return self(record)
+        except ConversationError as exc:
+            if strict:
+                raise
+            log.warning("skipped %s", exc)
+            return {"id": exc.record_id, "skipped": exc.problem}
+
+    def collate_kept(self, samples: list[dict[str, Any]], pack_length: int | None = None) -> dict[str, Any]:
+        """Collate (or pack) the samples that processed; the batch counts the skipped ones in ``skipped``."""
+        kept = [s for s in samples if "skipped" not in s]
+        skipped = [f"{s['id']}: {s['skipped']}" for s in samples if "skipped" in s]
+        if not kept:  # every sample was bad: an empty batch the stage skips (nothing is supervised)
+            size = self.transform.size
+            batch = {"ids": [], "input_ids": torch.full((0, 1), self.pad_id), "labels": torch.full((0, 1), IGNORE_INDEX),
+                     "attention_mask": torch.zeros((0, 1), dtype=torch.long), "pixel_values": torch.empty(0, 3, size, size)}
+        elif pack_length:
+            batch = pack(kept, pack_length, self.pad_id)
+        else:
+            batch = self.collate(kept)
+        return {**batch, "skipped": len(skipped), "skipped_reasons": skipped}
 
     def collate(self, samples: list[dict[str, Any]], padding_side: str = "right") -> dict[str, Any]:
         """Pad to the longest sample; images of all samples are concatenated in order."""

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_cosine_schedule_with_warmup
 
+from medgpt_oss.data.conversation import IGNORE_INDEX
 from medgpt_oss.models.vlm import COMPONENTS, MedVLM
 
 
@@ -101,7 +102,17 @@ class VLMStage(L.LightningModule):
         )
         return out.loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if "skipped_total" in batch:  # bad samples the data module skipped so far, summed over ranks already
+            self.log("data/skipped", float(batch["skipped_total"]), reduce_fx="max")
+        if not bool((batch["labels"] != IGNORE_INDEX).any()):
+            # Last guard (the processor already rejects such samples): nothing to learn from this batch.
+            self.log("data/skipped_batches", float(getattr(self, "_skipped_batches", 0) + 1), reduce_fx="max")
+            self._skipped_batches = getattr(self, "_skipped_batches", 0) + 1
+            if self.trainer.world_size == 1:
+                return None
+            # Under DDP every rank must take part in the gradient all-reduce: a zero loss on trained weights.
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         loss = self._loss(batch)
         # sync_dist: under DDP/FSDP the logged loss is the mean over ranks, not rank 0's share.
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]), sync_dist=True)

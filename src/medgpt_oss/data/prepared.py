@@ -1,0 +1,130 @@
+"""LightningDataModule over prepared shard folders: ``data=prepared data.root=<dir>`` or ``data=mixture``.
+
+Training streams endlessly (``data/streaming.py``), so a run is as long as ``trainer.max_steps``
+says; ``max_steps=-1`` is refused because it would never end. Validation is one finite pass over
+the val split of every source. The checkpoint holds the batches this rank's loop consumed; resuming
+needs the same seed, world size, workers and batch size, because together they decide the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from medgpt_oss.data.datamodule import CountsSkippedSamples
+from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
+from medgpt_oss.data.streaming import FiniteConversations, StreamingConversations
+
+# What decides the stream: a checkpoint's position only means something if these are unchanged.
+STREAM_KEYS = ("seed", "world_size", "num_workers", "batch_size", "sources", "tasks", "shuffle_buffer")
+
+
+class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
+    """Train/val loaders over one prepared folder (``root``) or weighted ones (``sources``)."""
+
+    def __init__(
+        self,
+        input_spec: ModelInputSpec,
+        root: str | None = None,
+        sources: Sequence[dict[str, Any]] | None = None,
+        train_split: str = "train",
+        val_split: str | None = "val",
+        tasks: Sequence[str] | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        max_length: int | None = None,
+        system_prompt: str | None = None,
+        seed: int = 0,
+        pack_length: int | None = None,
+        shuffle_buffer: int = 1024,
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        if (root is None) == (not sources):
+            raise ValueError("give exactly one of data.root=<prepared dir> (data=prepared) or "
+                             "data.sources=[{root: <dir>, weight: <w>}, ...] (data=mixture)")
+        given = [{"root": root, "weight": 1.0}] if root is not None else [dict(s) for s in sources]
+        for s in given:
+            if set(s) != {"root", "weight"}:
+                raise ValueError(f"each data.sources entry needs exactly 'root' and 'weight', got {s}")
+        self.sources = [(str(Path(s["root"])), float(s["weight"])) for s in given]
+        self.train_split, self.val_split = train_split, val_split
+        self.tasks = list(tasks) if tasks else None
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.pack_length, self.shuffle_buffer, self.strict = pack_length, shuffle_buffer, strict
+        # Images come from the shards' bytes, so the root only names things in messages.
+        self.processor = SampleProcessor(input_spec, self.sources[0][0], system_prompt=system_prompt,
+                                         max_length=max_length)
+        self.batches_consumed = 0
+        self.train_dataset: StreamingConversations | None = None
+        self._restored: dict[str, Any] | None = None
+
+    def _world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def stream_settings(self) -> dict[str, Any]:
+        world_size, _ = self._world()
+        return {"seed": self.seed, "world_size": world_size, "num_workers": self.num_workers,
+                "batch_size": self.batch_size, "sources": [list(s) for s in self.sources], "tasks": self.tasks,
+                "shuffle_buffer": self.shuffle_buffer}
+
+    def train_dataloader(self) -> DataLoader:
+        if self.trainer is not None and self.trainer.max_steps < 0:
+            raise ValueError("prepared data streams without end: set trainer.max_steps (epochs never finish; "
+                             "validation needs an int trainer.val_check_interval with check_val_every_n_epoch=null)")
+        world_size, rank = self._world()
+        if self._restored is not None:
+            self._check_resumable(self._restored)
+        self.train_dataset = StreamingConversations(
+            self.sources, self.processor, self.batch_size, self.seed, split=self.train_split, tasks=self.tasks,
+            shuffle_buffer=self.shuffle_buffer, strict=self.strict, pack_length=self.pack_length,
+            world_size=world_size, rank=rank, num_workers=self.num_workers)
+        self.train_dataset.start_batches = self.batches_consumed
+        # The dataset yields whole batches (batch_size=None); workers restart from the position on each iter.
+        return DataLoader(self.train_dataset, batch_size=None, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_split:
+            return []
+        world_size, rank = self._world()
+        dataset = FiniteConversations([root for root, _ in self.sources], self.processor, self.batch_size,
+                                      split=self.val_split, tasks=self.tasks, strict=self.strict,
+                                      pack_length=self.pack_length, world_size=world_size, rank=rank)
+        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    # -- exact resume --------------------------------------------------------------------------------
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        # Called once per batch the loop really uses (after any prefetch): the count is exact.
+        if self.trainer is not None and self.trainer.training:
+            self.batches_consumed += 1
+            self._count_skipped(batch)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_consumed": self.batches_consumed, "skipped_total": self.skipped_total,
+                **self.stream_settings()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batches_consumed = int(state["batches_consumed"])
+        self.skipped_total = int(state.get("skipped_total", 0))
+        self._restored = state
+        if self.train_dataset is not None:
+            self._check_resumable(state)
+            self.train_dataset.start_batches = self.batches_consumed
+
+    def _check_resumable(self, state: dict[str, Any]) -> None:
+        now = self.stream_settings()
+        changed = {k: (state.get(k), now[k]) for k in STREAM_KEYS if state.get(k) != now[k]}
+        if changed:
+            detail = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"cannot resume the data stream exactly: {detail}. The stream position is a batch "
+                             "count that only means something with the same settings; set them back "
+                             "(e.g. data.num_workers, trainer.devices) or start a new run with init_from=<ckpt>")
