@@ -19,7 +19,7 @@ masked sample (LLaVA's failure mode).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -80,12 +80,12 @@ class HarmonyFormatter:
             return self._encode("<|start|>assistant<|channel|>final<|message|>")
         return self._encode(f"<|start|>{role}<|message|>")
 
-    def _content(self, record_id: str, text: str) -> list[int]:
-        """User/system text with each <image> expanded to the image token run."""
+    def _content(self, record_id: str, text: str, tiles: Iterator[int]) -> list[int]:
+        """User/system text with each <image> expanded to the image token run (one run per tile)."""
         ids: list[int] = []
         for i, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
             if i:
-                ids.extend([self.image_token_id] * self.num_image_tokens)
+                ids.extend([self.image_token_id] * (self.num_image_tokens * next(tiles)))
             ids.extend(self._encode(piece))
         return ids
 
@@ -123,9 +123,19 @@ class HarmonyFormatter:
         return turns
 
     def tokenize(
-        self, record_id: str, conversations: Sequence[dict], num_images: int, for_generation: bool = False
+        self, record_id: str, conversations: Sequence[dict], num_images: int, for_generation: bool = False,
+        tiles_per_image: Sequence[int] | None = None,
     ) -> TokenizedConversation:
-        """Tokenize a whole conversation; with ``for_generation`` stop before the last answer."""
+        """Tokenize a whole conversation; with ``for_generation`` stop before the last answer.
+
+        ``tiles_per_image[k]``: how many encoder inputs image ``k`` became (dynamic tiling, or a
+        DICOM's frames); its ``<image>`` expands to that many image-token runs. Default: one each.
+        """
+        tiles = [1] * num_images if tiles_per_image is None else [int(n) for n in tiles_per_image]
+        if len(tiles) != num_images or any(n < 1 for n in tiles):
+            raise ValueError(f"record '{record_id}': tiles_per_image={tiles} does not give >= 1 tile for each of "
+                             f"{num_images} images")
+        tile_counts = iter(tiles)
         turns = self.normalise_turns(record_id, conversations)
         placeholders = sum(text.count(IMAGE_PLACEHOLDER) for role, text in turns if role != "assistant")
         if placeholders != num_images or any(IMAGE_PLACEHOLDER in t for r, t in turns if r == "assistant"):
@@ -157,7 +167,7 @@ class HarmonyFormatter:
                 ids += answer
                 labels += answer
             else:
-                content = self._content(record_id, text) + [self.end_id]
+                content = self._content(record_id, text, tile_counts) + [self.end_id]
                 ids += content
                 labels += [IGNORE_INDEX] * len(content)
         if for_generation:  # a prompt: nothing in it is a training target

@@ -124,6 +124,8 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
         seed: int = 0,
         pack_length: int | None = None,
         strict: bool = False,
+        max_tiles: int | None = None,
+        dicom: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -135,7 +137,9 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
         self.seed = seed
         self.pack_length = pack_length
         self.strict = strict  # true: the first bad sample stops training, naming it; false: skipped and counted
-        self.processor = SampleProcessor(input_spec, self.root, system_prompt=system_prompt, max_length=max_length)
+        # max_tiles: InternVL-style dynamic tiling (None/1: off); dicom: DicomOptions (frames, ct_windows).
+        self.processor = SampleProcessor(input_spec, self.root, system_prompt=system_prompt, max_length=max_length,
+                                         max_tiles=max_tiles, dicom=dicom)
         self.datasets: dict[str, ConversationDataset] = {}
         self.train_sampler: ResumableShuffleSampler | None = None
         self._consumed_to_restore = 0

@@ -13,8 +13,10 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from medgpt_oss.data.conversation import IGNORE_INDEX, ConversationError, HarmonyFormatter
-from medgpt_oss.data.images import ImageTransform, load_image
+from medgpt_oss.data.dicom import DicomOptions
+from medgpt_oss.data.images import ImageTransform, load_frames
 from medgpt_oss.data.packing import pack
+from medgpt_oss.data.tiling import tile_image
 
 log = logging.getLogger(__name__)
 
@@ -40,48 +42,70 @@ def record_images(record: dict[str, Any]) -> list[str]:
 
 
 class SampleProcessor:
-    """Turns one record into ``input_ids``/``labels``/``pixel_values`` tensors."""
+    """Turns one record into ``input_ids``/``labels``/``pixel_values`` tensors.
+
+    ``max_tiles`` > 1 turns on InternVL-style dynamic tiling (``data/tiling.py``): each image
+    becomes up to ``max_tiles`` encoder-size tiles plus a thumbnail, its ``<image>`` expands to
+    that many image-token runs, and ``pixel_values`` holds the tiles in order. ``dicom`` sets how
+    DICOM files are rendered (``DicomOptions``); with ``frames="all"`` each frame is fed like a tile.
+    """
 
     def __init__(self, spec: ModelInputSpec, root: str | Path, system_prompt: str | None = None,
-                 max_length: int | None = None) -> None:
+                 max_length: int | None = None, max_tiles: int | None = None,
+                 dicom: DicomOptions | dict[str, Any] | None = None) -> None:
         self.root = Path(root)
+        self.max_tiles = max_tiles if max_tiles and max_tiles > 1 else None
+        self.dicom = DicomOptions.of(dicom)
         self.formatter = HarmonyFormatter(spec.tokenizer, spec.image_token, spec.tokens_per_image,
                                           system_prompt=system_prompt, max_length=max_length)
         self.transform = ImageTransform(spec.image_size, spec.image_mean, spec.image_std)
         self.pad_id = spec.tokenizer.pad_token_id
 
-    def load_pixels(self, record_id: str, image_paths: list[str], image_bytes: list[bytes] | None = None) -> torch.Tensor:
-        """Decode + transform each image: from ``image_bytes`` (prepared shards) or from files under root."""
-        pixels = []
+    def load_pixels(self, record_id: str, image_paths: list[str],
+                    image_bytes: list[bytes] | None = None) -> tuple[torch.Tensor, list[int]]:
+        """Decode + transform each image: from ``image_bytes`` (prepared shards) or from files under root.
+
+        Returns the encoder inputs of all images in order and how many each image became
+        (1 unless tiled or a multi-frame DICOM read with ``frames="all"``).
+        """
+        pixels, views_per_image = [], []
         for i, rel in enumerate(image_paths):
             path = self.root / rel if image_bytes is None else f"{rel} (embedded, {len(image_bytes[i])} bytes)"
             try:
                 source = self.root / rel if image_bytes is None else io.BytesIO(image_bytes[i])
-                pixels.append(self.transform(load_image(source)))
+                views = [tile for frame in load_frames(source, self.dicom) for tile in self._tiles(frame)]
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 raise ConversationError(record_id, f"image '{path}' cannot be read ({exc})",
                                         "fix or remove the file, or drop the record") from exc
+            pixels.extend(self.transform(view) for view in views)
+            views_per_image.append(len(views))
         if not pixels:
-            return torch.empty(0, 3, self.transform.size, self.transform.size)
-        return torch.stack(pixels)
+            return torch.empty(0, 3, self.transform.size, self.transform.size), views_per_image
+        return torch.stack(pixels), views_per_image
+
+    def _tiles(self, image: Image.Image) -> list[Image.Image]:
+        return tile_image(image, self.transform.size, self.max_tiles) if self.max_tiles else [image]
 
     def __call__(self, record: dict[str, Any], for_generation: bool = False) -> dict[str, Any]:
         record_id = str(record.get("id", "<no id>"))
         images = record_images(record)
-        tokens = self.formatter.tokenize(record_id, record["conversations"], len(images), for_generation)
-        if not for_generation and not bool((tokens.labels != IGNORE_INDEX).any()):
-            # LLaVA's failure mode: a sample whose labels are all masked trains on nothing, silently.
-            raise ConversationError(record_id, "no token of the sample is supervised",
-                                    "give the record a non-empty assistant answer")
         image_bytes = record.get("image_bytes")
         if image_bytes is not None and len(image_bytes) != len(images):
             raise ConversationError(record_id, f"{len(image_bytes)} embedded images but {len(images)} image names",
                                     "prepare the data again")
+        # Images first: how many tiles/frames each becomes sets its number of image tokens.
+        pixels, views_per_image = self.load_pixels(record_id, images, image_bytes)
+        tokens = self.formatter.tokenize(record_id, record["conversations"], len(images), for_generation,
+                                         tiles_per_image=views_per_image)
+        if not for_generation and not bool((tokens.labels != IGNORE_INDEX).any()):
+            # LLaVA's failure mode: a sample whose labels are all masked trains on nothing, silently.
+            raise ConversationError(record_id, "no token of the sample is supervised",
+                                    "give the record a non-empty assistant answer")
         return {
             "id": record_id,
             "input_ids": tokens.input_ids,
             "labels": tokens.labels,
-            "pixel_values": self.load_pixels(record_id, images, image_bytes),
+            "pixel_values": pixels,
         }
 
     def process(self, record: dict[str, Any], strict: bool = False) -> dict[str, Any]:
