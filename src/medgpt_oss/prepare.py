@@ -62,8 +62,8 @@ def encode_image(path: Path, dicom_options: dict[str, Any]) -> bytes:
     if is_dicom(path):
         try:
             image = read_dicom(path, **dicom_options) if dicom_options else read_dicom(path)
-        except Exception as exc:  # pydicom raises many types; the message says which problem
-            if "pixel data" in str(exc).lower():
+        except Exception as exc:  # DicomError.kind says which problem: no_pixels, truncated or unreadable
+            if getattr(exc, "kind", None) == "no_pixels":
                 raise BadRecord("dicom_no_pixels", f"DICOM '{path}' has no pixel data",
                                 "it is a structured report or header-only file; drop it") from exc
             raise BadRecord("corrupt_image", f"DICOM '{path}' cannot be read ({exc})", "check the file") from exc
