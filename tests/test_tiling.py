@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from medgpt_oss.data.conversation import IGNORE_INDEX
+from medgpt_oss.data.dicom import CT_WINDOW_PRESETS
 from medgpt_oss.data.images import ImageTransform
 from medgpt_oss.config import model_config
 from medgpt_oss.data.processor import SampleProcessor
@@ -67,6 +68,26 @@ def test_tiles_reassemble_to_the_resized_image_and_the_thumbnail_follows():
     np.testing.assert_array_equal(np.asarray(grid[2]), resized[32:, :32])
     single = tile_image(Image.new("RGB", (20, 20)), 32, max_tiles=12)
     assert len(single) == 1  # one tile: no thumbnail
+
+
+def test_formatter_expands_each_placeholder_by_its_own_tile_count(tiny_tokenizer):
+    from medgpt_oss.data.conversation import HarmonyFormatter
+
+    fmt = HarmonyFormatter(tiny_tokenizer, "<|image|>", num_image_tokens=3)
+    image_id = tiny_tokenizer.convert_tokens_to_ids("<|image|>")
+    turns = [{"from": "human", "value": "<image> then <image>"}, {"from": "gpt", "value": "Two views."}]
+    ids = fmt.tokenize("r", turns, 2, tiles_per_image=[4, 1]).input_ids.tolist()
+    runs, length = [], 0
+    for token in ids + [-1]:
+        if token == image_id:
+            length += 1
+        elif length:
+            runs, length = runs + [length], 0
+    assert runs == [4 * 3, 1 * 3]  # first image: 4 tiles x 3 tokens; second: one
+    assert fmt.tokenize("r", turns, 2).input_ids.tolist().count(image_id) == 6  # default: one tile each
+    for bad in ([4], [4, 0]):
+        with pytest.raises(ValueError, match="record 'r': tiles_per_image"):
+            fmt.tokenize("r", turns, 2, tiles_per_image=bad)
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +155,13 @@ def test_dicom_frames_all_become_image_runs(vlm, tmp_path):
 
 def test_config_switches_tiling_on_through_the_datamodule(tmp_path, medsynth_dir):
     cfg = compose_train(["+stage=align", "scale=tiny", "data.max_tiles=4", "data.dicom.frames=first",
-                         *small_data_overrides()], tmp_path, medsynth_dir)
-    assert cfg.data.max_tiles == 4 and cfg.data.dicom.ct_windows is None
+                         "data.dicom.ct_windows=[[-600,1500],[40,400],[400,1800]]", *small_data_overrides()],
+                        tmp_path, medsynth_dir)
+    assert cfg.data.max_tiles == 4
     spec = MedVLM.from_config(model_config(cfg)).input_spec()
     datamodule = hydra.utils.instantiate(cfg.data, input_spec=spec)
     assert datamodule.processor.max_tiles == 4 and datamodule.processor.dicom.frames == "first"
+    assert datamodule.processor.dicom.ct_windows == CT_WINDOW_PRESETS["lung_mediastinum_bone"]
     datamodule.prepare_data()
     datamodule.setup("fit")
     sample = datamodule.datasets["train"][0]
