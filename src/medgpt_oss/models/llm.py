@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -53,7 +54,8 @@ class LanguageModel(nn.Module):
                 path, dtype=_dtype(dtype), attn_implementation=attn_implementation
             )
         else:
-            tiny = dict(tiny or {})
+            # Plain nested dicts: transformers' config fields (e.g. rope_parameters) reject DictConfig.
+            tiny = OmegaConf.to_container(tiny, resolve=True) if isinstance(tiny, DictConfig) else dict(tiny or {})
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or TINY_TOKENIZER_DIR)
             model_type = tiny.pop("model_type")
             tiny.setdefault("vocab_size", len(self.tokenizer))
