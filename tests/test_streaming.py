@@ -21,7 +21,7 @@ from medgpt_oss.data.jsonl import read_jsonl
 from medgpt_oss.data.prepared import PreparedDataModule
 from medgpt_oss.data.processor import ModelInputSpec, record_images
 from medgpt_oss.data.shards import PreparedRecord, ShardWriter, write_manifest
-from medgpt_oss.data.streaming import ShardIndex, _SourceStream
+from medgpt_oss.data.streaming import ShardIndex, StreamingConversations, _SourceStream
 from medgpt_oss.models.tokenizer import IMAGE_TOKEN
 from medgpt_oss.train import train
 from tests.conftest import compose_train
@@ -124,6 +124,22 @@ def test_workers_and_ranks_share_out_each_pass_without_overlap(prepared):
         assert len(seen) == len(set(seen)) == 209, workers
     with pytest.raises(ValueError, match="54 data loader workers"):
         _SourceStream(index, 0, 0, 54, seed=7, buffer=8, tasks=None)
+
+
+def test_ranks_draw_disjoint_records_and_resume_by_rank(prepared, tiny_tokenizer):
+    dm = module(tiny_tokenizer, prepared)
+
+    def rank_batches(rank: int, start: int, count: int) -> list[list[str]]:
+        dataset = StreamingConversations([(prepared, 1.0)], dm.processor, 4, seed=7, shuffle_buffer=8,
+                                         world_size=2, rank=rank)
+        dataset.start_batches = start
+        batches = iter(dataset)
+        return [list(next(batches)["ids"]) for _ in range(count)]
+
+    rank0, rank1 = rank_batches(0, 0, 20), rank_batches(1, 0, 20)
+    ids0, ids1 = {i for b in rank0 for i in b}, {i for b in rank1 for i in b}
+    assert len(ids0) == len(ids1) == 80 and not ids0 & ids1  # 80 < each rank's ~104 records per pass
+    assert rank_batches(1, 12, 8) == rank1[12:]
 
 
 def test_task_filter_and_validation_is_one_finite_pass(prepared, tiny_tokenizer):
@@ -234,8 +250,11 @@ def test_trainer_resume_from_checkpoint_continues_the_stream(prepared, medsynth_
         trainer, _ = train(cfg)
         return next(c for c in trainer.callbacks if isinstance(c, RecordIds)), trainer
 
-    straight, trainer = fit(tmp_path / "straight")
+    # Validation every 2 steps (one finite pass over val) must not disturb the training stream.
+    straight, trainer = fit(tmp_path / "straight", "trainer.val_check_interval=2", "trainer.check_val_every_n_epoch=null",
+                            "trainer.limit_val_batches=null")
     assert trainer.global_step == 6 and len(straight.ids) == 6
+    assert torch.isfinite(trainer.callback_metrics["val/loss"])
     head, _ = fit(tmp_path / "stopped", stop=3)
     assert head.ids == straight.ids[:3]
     tail, trainer = fit(tmp_path / "resumed", f"ckpt_path={tmp_path / 'stopped' / 'checkpoints' / 'step000003.ckpt'}")

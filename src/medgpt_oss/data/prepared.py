@@ -42,6 +42,8 @@ class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
         pack_length: int | None = None,
         shuffle_buffer: int = 1024,
         strict: bool = False,
+        max_tiles: int | None = None,
+        dicom: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if (root is None) == (not sources):
@@ -57,8 +59,9 @@ class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.pack_length, self.shuffle_buffer, self.strict = pack_length, shuffle_buffer, strict
         # Images come from the shards' bytes, so the root only names things in messages.
+        # max_tiles: InternVL-style dynamic tiling; dicom: how embedded DICOM bytes render (as for data=medsynth).
         self.processor = SampleProcessor(input_spec, self.sources[0][0], system_prompt=system_prompt,
-                                         max_length=max_length)
+                                         max_length=max_length, max_tiles=max_tiles, dicom=dicom)
         self.batches_consumed = 0
         self.train_dataset: StreamingConversations | None = None
         self._restored: dict[str, Any] | None = None
