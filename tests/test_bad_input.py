@@ -137,3 +137,40 @@ def test_a_sample_with_no_supervised_token_is_rejected(tiny_tokenizer, png, tmp_
     processor.formatter.__class__ = HarmonyFormatter
     embedded = processor({**record, "image": ["elsewhere.png"], "image_bytes": [png]})
     assert torch.equal(embedded["pixel_values"], processor(record)["pixel_values"])
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_count_skips_globally_and_resume_exactly(shard_corpus, tmp_path):
+    """2 CPU ranks x batch 1 over the 24-record shard corpus: 12 steps draw every record once.
+
+    The four bad records share one row group, so one rank gets all of them: its empty batches take
+    the zero-loss path while the other rank trains (no hang), and ``data/skipped`` sums both ranks.
+    Resuming the step-6 checkpoint on 2 ranks gives the same losses and the same final count.
+    """
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    root, bad = shard_corpus
+    args = ["+stage=align", "scale=tiny", "trainer.accelerator=cpu", "trainer.devices=2", "strategy=ddp",
+            "logger=csv", "data=prepared", f"data.root={root}", "data.batch_size=1", "trainer.max_steps=12",
+            "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false", "callbacks.model_checkpoint.every_n_train_steps=3",
+            f"paths.root_dir={tmp_path}"]
+
+    def fit(run: Path, *extra: str) -> dict[int, dict[str, str]]:
+        proc = subprocess.run([sys.executable, "-m", "medgpt_oss.train", *args, *extra, f"hydra.run.dir={run}"],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        with open(run / "csv" / "metrics.csv") as f:
+            return {int(r["step"]): r for r in csv.DictReader(f) if r.get("data/skipped")}
+
+    straight = fit(tmp_path / "straight")
+    assert float(straight[11]["data/skipped"]) == len(bad) == 4
+    resumed = fit(tmp_path / "resumed", f"ckpt_path={tmp_path / 'straight' / 'checkpoints' / 'step000006.ckpt'}")
+    assert sorted(resumed) == list(range(6, 12))
+    for step in range(6, 12):
+        assert resumed[step]["data/skipped"] == straight[step]["data/skipped"]
+        assert resumed[step].get("train/loss") == straight[step].get("train/loss")

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from medgpt_oss.data.conversation import IGNORE_INDEX
 from medgpt_oss.data.jsonl import read_jsonl
 from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
 
@@ -37,27 +38,33 @@ class ConversationDataset(Dataset):
 
 
 class CountsSkippedSamples:
-    """Data module mixin: the running total of skipped bad samples, in every batch, the checkpoint and the log.
+    """Data module mixin: running totals of skipped bad samples, in every batch, the checkpoint and the log.
 
-    Collation leaves ``skipped`` (this batch, this rank) in each batch; the total is summed over ranks
-    (every rank calls this once per training batch, so the collective lines up), carried in the batch
-    as ``skipped_total`` for the stage to log as ``data/skipped``, and reported when fit ends.
+    Collation leaves ``skipped`` (this batch, this rank) in each batch. Here the counts are summed over
+    ranks (every rank calls this once per training batch, so the collective lines up) and the batch
+    carries ``skipped_total`` and ``empty_batches_total`` for the stage to log as ``data/skipped`` and
+    ``data/skipped_batches``, and ``ranks_with_empty_batch`` (this step) so that it can keep the
+    logged loss a mean over the ranks that trained. The totals are reported when fit ends.
     """
 
     skipped_total: int = 0
+    empty_batches_total: int = 0
     skipped_examples: list[str]
 
     def _count_skipped(self, batch: dict[str, Any]) -> None:
-        skipped = int(batch.get("skipped", 0))
+        empty = not bool((batch["labels"] != IGNORE_INDEX).any())
+        counts = torch.tensor([int(batch.get("skipped", 0)), int(empty)])
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
-            skipped = int(trainer.strategy.reduce(torch.tensor(skipped, device=trainer.strategy.root_device),
-                                                  reduce_op="sum").item())
+            counts = trainer.strategy.reduce(counts.to(trainer.strategy.root_device), reduce_op="sum").cpu()
+        skipped, empty_ranks = (int(c) for c in counts)
         self.skipped_total += skipped
+        self.empty_batches_total += empty_ranks
         if not hasattr(self, "skipped_examples"):
             self.skipped_examples = []
         self.skipped_examples += batch.get("skipped_reasons", [])[: 20 - len(self.skipped_examples)]
-        batch["skipped_total"] = self.skipped_total
+        batch.update(skipped_total=self.skipped_total, empty_batches_total=self.empty_batches_total,
+                     ranks_with_empty_batch=empty_ranks)
 
     def teardown(self, stage: str) -> None:
         if stage == "fit" and self.skipped_total:
@@ -201,12 +208,14 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         consumed = self.train_sampler.consumed if self.train_sampler is not None else self._consumed_to_restore
-        return {"train_samples_consumed": consumed, "seed": self.seed, "skipped_total": self.skipped_total}
+        return {"train_samples_consumed": consumed, "seed": self.seed, "skipped_total": self.skipped_total,
+                "empty_batches_total": self.empty_batches_total}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(f"checkpoint was trained with data seed {state['seed']}, this run uses {self.seed}")
         self._consumed_to_restore = state["train_samples_consumed"]
         self.skipped_total = state.get("skipped_total", 0)
+        self.empty_batches_total = state.get("empty_batches_total", 0)
         if self.train_sampler is not None:
             self.train_sampler.consumed = self._consumed_to_restore

@@ -113,11 +113,12 @@ class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         return {"batches_consumed": self.batches_consumed, "skipped_total": self.skipped_total,
-                **self.stream_settings()}
+                "empty_batches_total": self.empty_batches_total, **self.stream_settings()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.batches_consumed = int(state["batches_consumed"])
         self.skipped_total = int(state.get("skipped_total", 0))
+        self.empty_batches_total = int(state.get("empty_batches_total", 0))
         self._restored = state
         if self.train_dataset is not None:
             self._check_resumable(state)

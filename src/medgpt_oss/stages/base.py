@@ -103,22 +103,29 @@ class VLMStage(L.LightningModule):
         return out.loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        if "skipped_total" in batch:  # bad samples the data module skipped so far, summed over ranks already
+        if "skipped_total" in batch:  # the data module's running totals, summed over ranks already
             self.log("data/skipped", float(batch["skipped_total"]), reduce_fx="max")
+            self.log("data/skipped_batches", float(batch["empty_batches_total"]), reduce_fx="max")
+        world, empty_ranks = self.trainer.world_size, int(batch.get("ranks_with_empty_batch", 0))
         if not bool((batch["labels"] != IGNORE_INDEX).any()):
             # Last guard (the processor already rejects such samples): nothing to learn from this batch.
-            self.log("data/skipped_batches", float(getattr(self, "_skipped_batches", 0) + 1), reduce_fx="max")
-            self._skipped_batches = getattr(self, "_skipped_batches", 0) + 1
-            if self.trainer.world_size == 1:
+            if world == 1:
                 return None
-            # Under DDP every rank must take part in the gradient all-reduce: a zero loss on trained weights.
-            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            # Under DDP every rank must take part in the gradient all-reduce and the loss sync: a zero loss
+            # on the trained weights, logged as 0 while the ranks that trained scale theirs (below).
+            zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            self.log("train/loss", zero.detach(), prog_bar=True, batch_size=1, sync_dist=True)
+            return zero
         loss = self._loss(batch)
-        # sync_dist: under DDP/FSDP the logged loss is the mean over ranks, not rank 0's share.
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]), sync_dist=True)
+        # sync_dist: under DDP/FSDP the logged loss is the mean over ranks, not rank 0's share -- over the
+        # ranks that trained, when some had an empty batch (they log 0).
+        scale = world / (world - empty_ranks) if 0 < empty_ranks < world else 1.0
+        self.log("train/loss", loss.detach() * scale, prog_bar=True, batch_size=len(batch["ids"]), sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if not batch["ids"]:  # every sample of this batch was bad and skipped: nothing to score
+            return
         self.log("val/loss", self._loss(batch), prog_bar=True, batch_size=len(batch["ids"]), sync_dist=True)
 
     # -- what trains, and with what --------------------------------------------------------------
