@@ -267,3 +267,24 @@ def test_an_endless_stream_needs_max_steps(prepared, medsynth_dir, tmp_path):
                          f"data.root={prepared}", "trainer.enable_progress_bar=false"], tmp_path, medsynth_dir)
     with pytest.raises(ValueError, match="set trainer.max_steps"):
         train(cfg)
+
+
+def test_a_folder_written_by_prepare_trains_the_instruct_stage(medsynth_dir, tiny_tokenizer, tmp_path):
+    """prepare (VQA-RAD in its published layout) -> data=prepared -> instruct: 6 steps of batch 1 = 2 passes."""
+    from medgpt_oss.data.conversation import HarmonyFormatter
+    from medgpt_oss.data.sources.vqa_rad import VQARAD
+    from medgpt_oss.prepare import prepare
+    from tests.fixtures_formats import write_vqa_rad
+
+    out = tmp_path / "vqa_rad"
+    prepare(VQARAD(write_vqa_rad(tmp_path / "src")), out, HarmonyFormatter(tiny_tokenizer, IMAGE_TOKEN, 16))
+    cfg = compose_train(["+stage=instruct", "scale=tiny", "trainer.accelerator=cpu", "logger=csv", "data=prepared",
+                         f"data.root={out}", "data.val_split=null", "data.batch_size=1", "trainer.max_steps=6",
+                         "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+                         "trainer.enable_model_summary=false"], tmp_path / "run", medsynth_dir)
+    with open_dict(cfg):
+        cfg.callbacks.recorder = {"_target_": "tests.test_streaming.RecordIds"}
+    trainer, _ = train(cfg)
+    ids = [i for batch in next(c for c in trainer.callbacks if isinstance(c, RecordIds)).ids for i in batch]
+    assert sorted(ids[:3]) == sorted(ids[3:]) == ["vqa_rad-1", "vqa_rad-2", "vqa_rad-3"]
+    assert trainer.global_step == 6 and torch.isfinite(trainer.callback_metrics["train/loss"])

@@ -139,9 +139,9 @@ class _SourceStream:
 
     def _read_unit(self, unit: int) -> list[Any]:
         rows = self.index.rows(unit, self.tasks)
-        if self.lazy or not len(rows):
-            return [(unit, int(r)) for r in rows] if self.lazy else []
-        return self.index.load(unit, rows)
+        if self.lazy:
+            return [(unit, int(r)) for r in rows]
+        return self.index.load(unit, rows) if len(rows) else []
 
     def __next__(self) -> Any:
         while True:
