@@ -37,6 +37,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
 
 
+def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Measured dense matmul rate: the MFU denominator where no peak is configured (CPU)."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
 def active_llm_params(model: torch.nn.Module, config: Any) -> int:
     """Parameters one token passes through: no input embedding (a lookup), experts scaled by top-k / count."""
     total = experts = 0
@@ -214,7 +224,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     dtype = getattr(torch, cfg.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     attn = cfg.ours_attn_implementation or ("flex" if device.type == "cuda" else "eager")
-    peak_tflops = cfg.peak_tflops or (807.0 if device.type == "cuda" else 0.1)
+    peak_tflops = cfg.peak_tflops or (807.0 if device.type == "cuda" else matmul_tflops(device, dtype))
     with open_dict(cfg):
         if cfg.scale == "full":   # the real shapes through the groups' random-init ("tiny") path
             cfg.llm.tiny = OmegaConf.merge(cfg.shapes.full.llm, {})

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 6 GPU run, one H200, about 5-8 minutes: FlexAttention vs eager check, then the throughput bench
+# (ours vs plain transformers+peft, GPT-oss-20B + CLIP-L/336 shapes, random weights, 4,096-token packed rows).
+#
+# From the repository root, on the device machine (device tool: `run`, timeout_s=600):
+#     bash experiments/gpu/bench_h200.sh
+# Results land in $OUT (default outputs/gpu): gpu.txt, versions.txt, attention_check.json, bench_4096.json,
+# and the logs. The machine lacks hydra-core, omegaconf and antlr4-python3-runtime: their wheels are in
+# experiments/gpu/wheels (pure Python, 400 KB), fetched here with
+#     pip download --no-deps -d experiments/gpu/wheels hydra-core==1.3.8 omegaconf==2.3.1
+#     pip wheel --no-deps -w experiments/gpu/wheels antlr4-python3-runtime==4.9.3   # only an sdist exists
+# bitsandbytes is not needed (no QLoRA here).
+set -uo pipefail
+OUT=${OUT:-outputs/gpu}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    experiments/gpu/wheels/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
+python3 -c "import torch, transformers, peft, lightning; print('torch', torch.__version__, 'transformers', \
+transformers.__version__, 'peft', peft.__version__, 'lightning', lightning.__version__)" | tee "$OUT/versions.txt"
+
+# 1. Forward outputs and q/k/v/sink gradients of flex vs eager at 4,096 tokens (about 1 minute).
+timeout 150 python3 experiments/gpu/check_attention.py "$OUT/attention_check.json" 2>&1 \
+    | grep -v Warning | tee "$OUT/attention_check.log"
+
+# 2. Throughput: instruct stage, LoRA r16, activation checkpointing, batch 1 x 4,096 tokens (4 samples of
+#    1,024 tokens, one 336-px image = 576 tokens each), 2 warmup + 5 timed steps, then the baseline.
+timeout 360 python3 -m medgpt_oss.bench seq_len=4096 sample_tokens=1024 batch_size=1 steps=5 warmup_steps=2 \
+    2>&1 | tee "$OUT/bench_4096.log"
+tail -n 1 "$OUT/bench_4096.log" > "$OUT/bench_4096.json"
