@@ -139,6 +139,7 @@ class ExportedLanguageModel(LanguageModel):
         self.image_token = image_token
         self._image_token_id = int(image_token_id)
         self.lora_config = None
+        self.loss_chunk_size = None  # an export computes its loss the plain transformers way
         self.model = AutoModelForCausalLM.from_config(text_config)
 
     @property
