@@ -13,9 +13,9 @@ can turn rounding noise into a larger update: we allow 1e-5 relative on each log
 measured: at most 3 ulps, 1.8e-7), while a wrong or missing sample, a missed all-reduce or a step
 off moves the loss by 1e-2 or more.
 
-The equivalence holds exactly only when each rank's batch has the same number of supervised tokens
-(the loss is a per-rank token mean and DDP averages ranks), so these runs train on MedSynth's
-`closed` task: 3 supervised tokens per sample.
+The runs train on every MedSynth task, so the ranks' batches hold different numbers of supervised
+tokens (short closed answers next to long captions): equality then needs each rank's loss weighted
+by its share of the step's tokens (stages/base.py), not a plain mean of per-rank means.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def cli(root: Path, data_dir: Path, *overrides: str, devices: int = 1, run_dir: 
     """`python -m medgpt_oss.train` on the tiny model; global batch = devices x per-device batch."""
     args = [
         "+stage=align", "scale=tiny", "trainer.accelerator=cpu", f"trainer.devices={devices}", "logger=csv",
-        "data.tasks=[closed]", f"trainer.max_steps={STEPS}", "trainer.log_every_n_steps=1",
+        f"trainer.max_steps={STEPS}", "trainer.log_every_n_steps=1",
         "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         "callbacks.model_checkpoint.every_n_train_steps=2", f"paths.root_dir={root}", f"paths.data_dir={data_dir}",
         *small_data_overrides(), *(o for o in overrides if not o.startswith("-")),

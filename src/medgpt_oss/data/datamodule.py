@@ -43,8 +43,7 @@ class CountsSkippedSamples:
     Collation leaves ``skipped`` (this batch, this rank) in each batch. Here the counts are summed over
     ranks (every rank calls this once per training batch, so the collective lines up) and the batch
     carries ``skipped_total`` and ``empty_batches_total`` for the stage to log as ``data/skipped`` and
-    ``data/skipped_batches``, and ``ranks_with_empty_batch`` (this step) so that it can keep the
-    logged loss a mean over the ranks that trained. The totals are reported when fit ends.
+    ``data/skipped_batches``. The totals are reported when fit ends.
     """
 
     skipped_total: int = 0
@@ -63,8 +62,7 @@ class CountsSkippedSamples:
         if not hasattr(self, "skipped_examples"):
             self.skipped_examples = []
         self.skipped_examples += batch.get("skipped_reasons", [])[: 20 - len(self.skipped_examples)]
-        batch.update(skipped_total=self.skipped_total, empty_batches_total=self.empty_batches_total,
-                     ranks_with_empty_batch=empty_ranks)
+        batch.update(skipped_total=self.skipped_total, empty_batches_total=self.empty_batches_total)
 
     def teardown(self, stage: str) -> None:
         if stage == "fit" and self.skipped_total:

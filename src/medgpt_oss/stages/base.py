@@ -106,21 +106,28 @@ class VLMStage(L.LightningModule):
         if "skipped_total" in batch:  # the data module's running totals, summed over ranks already
             self.log("data/skipped", float(batch["skipped_total"]), reduce_fx="max")
             self.log("data/skipped_batches", float(batch["empty_batches_total"]), reduce_fx="max")
-        world, empty_ranks = self.trainer.world_size, int(batch.get("ranks_with_empty_batch", 0))
-        if not bool((batch["labels"] != IGNORE_INDEX).any()):
+        supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # predicted positions (shifted by one)
+        world = self.trainer.world_size
+        if world > 1:
+            # DDP and FSDP average the ranks' gradients. Weighting each rank's token-mean loss by its share of
+            # the step's supervised tokens makes that average the token mean over the global batch: the loss
+            # and gradients of one process with the same global batch, however the tokens fall on ranks.
+            total = int(self.trainer.strategy.reduce(torch.tensor(supervised, device=self.device), reduce_op="sum"))
+            weight = supervised * world / max(total, 1)
+        if supervised == 0:
             # Last guard (the processor already rejects such samples): nothing to learn from this batch.
             if world == 1:
                 return None
             # Under DDP every rank must take part in the gradient all-reduce and the loss sync: a zero loss
-            # on the trained weights, logged as 0 while the ranks that trained scale theirs (below).
+            # on the trained weights (its share of the global token mean is zero).
             zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             self.log("train/loss", zero.detach(), prog_bar=True, batch_size=1, sync_dist=True)
             return zero
         loss = self._loss(batch)
-        # sync_dist: under DDP/FSDP the logged loss is the mean over ranks, not rank 0's share -- over the
-        # ranks that trained, when some had an empty batch (they log 0).
-        scale = world / (world - empty_ranks) if 0 < empty_ranks < world else 1.0
-        self.log("train/loss", loss.detach() * scale, prog_bar=True, batch_size=len(batch["ids"]), sync_dist=True)
+        if world > 1:
+            loss = loss * weight
+        # sync_dist: the logged loss is the mean over ranks, which the weighting makes the global token mean.
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch["ids"]), sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
