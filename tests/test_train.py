@@ -130,6 +130,7 @@ def test_resume_continues_the_same_trajectory_and_checkpoints_reload(interrupt_a
 
 def cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cwd / "empty-hf-cache")}
+    env.pop("MEDGPT_ROOT", None)  # outputs go under cwd, as for a user who sets nothing
     return subprocess.run([sys.executable, "-m", "medgpt_oss.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -155,7 +156,9 @@ def test_missing_real_weights_fail_fast_before_any_data_work(tmp_path):
 def test_multirun_encoder_sweep_gives_each_job_its_own_folder_and_checkpoint(tmp_path, medsynth_dir):
     result = cli("-m", *[o for o in TINY_RUN if o != "logger=csv"], *small_data_overrides(),
                  "encoder=clip,siglip,biomedclip,medsiglip", "trainer.max_steps=2",
-                 f"paths.data_dir={medsynth_dir}", f"paths.root_dir={tmp_path}", cwd=tmp_path, timeout=600)
+                 f"paths.data_dir={medsynth_dir}", cwd=tmp_path, timeout=600)
+    # No paths.root_dir: the default roots the sweep folder at the launch directory (resolved before
+    # Hydra's runtime config exists, so it must not go through ${hydra:runtime.cwd}).
     assert result.returncode == 0, result.stderr[-3000:]
     ckpts = sorted((tmp_path / "outputs" / "align" / "multiruns").glob("*/*/checkpoints/last.ckpt"))
     assert len(ckpts) == 4

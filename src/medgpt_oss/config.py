@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,10 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 # A wheel carries conf/ inside the package; a source checkout (editable install) has it at the top.
 CONF_DIR = _PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else _PACKAGE_DIR.parents[1] / "conf"
 MODEL_GROUPS = ("encoder", "projector", "llm", "lora")
+
+# conf/paths/default.yaml roots outputs at ${cwd:} unless MEDGPT_ROOT is set. Not ${hydra:runtime.cwd}: a
+# multirun resolves hydra.sweep.dir (which goes through paths.log_dir) before Hydra's runtime config exists.
+OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
 
 
 def available_stages() -> list[str]:
