@@ -10,11 +10,12 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from medgpt_oss.eval.bench_generation import make_records, tiny_vlm
 from medgpt_oss.eval.benchmarks.base import EvalItem, MalformedItem
 from medgpt_oss.eval.benchmarks.medsynth import MedSynth
-from medgpt_oss.eval.generation import Generator, final_channel_text
+from medgpt_oss.eval.generation import Generator, final_channel_text, training_image_options
 from medgpt_oss.eval.likelihood import pick_by_likelihood
 from medgpt_oss.eval.prompts import build_prompt, to_record
 from medgpt_oss.eval.runner import ModelAnswerer, RunOptions, run_benchmark
@@ -136,3 +137,26 @@ def test_prompt_placeholder_is_the_training_one():
     from medgpt_oss.eval import prompts
 
     assert prompts.IMAGE_PLACEHOLDER == IMAGE_PLACEHOLDER
+
+
+def test_a_checkpoint_trained_on_tiles_is_evaluated_on_tiles(vlm, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "config.yaml").write_text("data:\n  max_tiles: 4\n  dicom: {frames: all, ct_windows: null}\n")
+    options = training_image_options(run / "checkpoints" / "last.ckpt")
+    assert options == {"max_tiles": 4, "dicom": {"frames": "all", "ct_windows": None}}
+    assert training_image_options(tmp_path / "elsewhere.ckpt") == {}
+
+    Image.new("RGB", (288, 96), "gray").save(tmp_path / "wide.png")  # 3:1 -> a 3x1 grid + thumbnail
+    record = {"id": "wide", "image": ["wide.png"], "conversations": [
+        {"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": "-"}]}
+    image_id = vlm.image_token_id
+
+    def image_tokens(generator):
+        sample = generator.prepare(record)
+        return int((sample["input_ids"] == image_id).sum()), len(sample["pixel_values"])
+
+    per_image = vlm.input_spec().tokens_per_image
+    assert image_tokens(Generator(vlm, tmp_path)) == (per_image, 1)
+    assert image_tokens(Generator(vlm, tmp_path, **options)) == (4 * per_image, 4)

@@ -18,8 +18,11 @@ from typing import Any
 import re
 
 import torch
+from omegaconf import OmegaConf
 
 from medgpt_oss.data.processor import SampleProcessor
+
+IMAGE_OPTIONS = ("max_tiles", "dicom")
 
 STOP_TOKENS = ("<|return|>", "<|end|>", "<|call|>")
 FINAL_HEADER = "<|channel|>final<|message|>"
@@ -59,12 +62,30 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
-class Generator:
-    """Turns LLaVA-style records into answers, ``batch_size`` prompts per ``generate`` call."""
+def training_image_options(ckpt: str | Path | None) -> dict[str, Any]:
+    """``data.max_tiles`` and ``data.dicom`` of the run that wrote a Lightning checkpoint, read from its run
+    folder's ``config.yaml`` (``<run>/checkpoints/x.ckpt``), so a model trained on tiles is evaluated on
+    tiles; ``{}`` when there is no such file (exports, checkpoints moved elsewhere)."""
+    if ckpt is None or not Path(ckpt).is_file():
+        return {}
+    run_config = Path(ckpt).resolve().parent.parent / "config.yaml"
+    if not run_config.is_file():
+        return {}
+    data = OmegaConf.load(run_config).get("data") or {}
+    return {key: OmegaConf.to_container(data[key]) if OmegaConf.is_config(data[key]) else data[key]
+            for key in IMAGE_OPTIONS if key in data}
 
-    def __init__(self, vlm, root: str | Path, max_new_tokens: int = 256, system_prompt: str | None = None) -> None:
+
+class Generator:
+    """Turns LLaVA-style records into answers, ``batch_size`` prompts per ``generate`` call.
+
+    ``max_tiles`` and ``dicom`` feed images as training did (see ``SampleProcessor``)."""
+
+    def __init__(self, vlm, root: str | Path, max_new_tokens: int = 256, system_prompt: str | None = None,
+                 max_tiles: int | None = None, dicom: dict[str, Any] | None = None) -> None:
         self.vlm = vlm
-        self.processor = SampleProcessor(vlm.input_spec(), root, system_prompt=system_prompt)
+        self.processor = SampleProcessor(vlm.input_spec(), root, system_prompt=system_prompt, max_tiles=max_tiles,
+                                         dicom=dicom)
         self.tokenizer = vlm.tokenizer
         self.max_new_tokens = max_new_tokens
         self.stop_ids = [int(self.tokenizer.convert_tokens_to_ids(t)) for t in STOP_TOKENS]
