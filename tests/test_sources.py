@@ -39,14 +39,17 @@ def test_vqa_rad_keeps_answers_as_published_and_strips_answer_type(tmp_path):
     assert records["vqa_rad-11"].task == "open" and records["vqa_rad-11"].conversations[1]["value"] == "Left lower lobe"
 
 
-@pytest.mark.parametrize("language, expected", [
+@pytest.mark.parametrize("language, expected, other", [
     ("en", {"slake-100": ("train", "closed"), "slake-102": ("train", "open"), "slake-200": ("val", "open"),
-            "slake-300": ("test", "closed")}),
-    ("zh", {"slake-101": ("train", "closed"), "slake-201": ("val", "open")}),
+            "slake-300": ("test", "closed")}, ["slake-101", "slake-201"]),
+    ("zh", {"slake-101": ("train", "closed"), "slake-201": ("val", "open")},
+     ["slake-100", "slake-102", "slake-200", "slake-300"]),
 ])
-def test_slake_selects_language_and_keeps_semantic_meta(tmp_path, language, expected):
+def test_slake_selects_language_and_keeps_semantic_meta(tmp_path, language, expected, other):
     records, skips = split_items(SLAKE(write_slake(tmp_path), language=language))
-    assert {k: (r.split, r.task) for k, r in records.items()} == expected and not skips
+    assert {k: (r.split, r.task) for k, r in records.items()} == expected
+    # the other language is counted as an expected skip, never silently dropped
+    assert sorted(skips) == other and set(skips.values()) == {"other_language"}
     rec = records[next(iter(expected))]
     assert rec.meta["q_lang"] == language
     assert {k: rec.meta[k] for k in ("modality", "content_type", "location")} == \
