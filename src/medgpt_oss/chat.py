@@ -11,7 +11,6 @@ device (auto), system (a system prompt). Everything else is the question.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 USAGE = __doc__
@@ -33,40 +32,32 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str], str]:
     return options, images, " ".join(words).strip()
 
 
-def prepared_images(images: list[str], tmp: Path) -> list[str]:
-    """Image paths the training loader can read; DICOM files are converted to PNG first."""
-    from medgpt_oss.data.dicom import is_dicom, read_dicom
-
-    out = []
-    for i, path in enumerate(images):
+def resolved_images(images: list[str]) -> list[str]:
+    """Absolute image paths; the training loader reads PNG/JPEG of any mode and DICOM itself."""
+    for path in images:
         if not Path(path).is_file():
             raise FileNotFoundError(f"image '{path}' does not exist")
-        if is_dicom(path):
-            png = tmp / f"image{i}.png"
-            read_dicom(path).save(png)
-            path = str(png)
-        out.append(str(Path(path).resolve()))
-    return out
+    return [str(Path(path).resolve()) for path in images]
 
 
 def chat(argv: list[str]) -> str:
     from transformers import TextStreamer
 
-    from medgpt_oss.eval.generation import Generator, load_vlm, resolve_device
+    from medgpt_oss.eval.generation import Generator, load_vlm, resolve_device, training_image_options
 
     options, images, question = parse_args(argv)
     if "ckpt" not in options or not question:
         raise ValueError("need ckpt=<checkpoint> and a question\n" + USAGE)
+    paths = resolved_images(images)
     vlm = load_vlm(options["ckpt"], resolve_device(options.get("device", "auto")))
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = prepared_images(images, Path(tmp))
-        generator = Generator(vlm, "/", max_new_tokens=int(options.get("max_new_tokens", 512)),
-                              system_prompt=options.get("system"))
-        prompt = "<image>\n" * len(paths) + question
-        record = {"id": "chat", "image": paths,
-                  "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": "-"}]}
-        streamer = TextStreamer(generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        return generator.generate([generator.prepare(record)], streamer=streamer)[0]
+    # Tiles and DICOM rendering as the checkpoint's training run had them.
+    generator = Generator(vlm, "/", max_new_tokens=int(options.get("max_new_tokens", 512)),
+                          system_prompt=options.get("system"), **training_image_options(options["ckpt"]))
+    prompt = "<image>\n" * len(paths) + question
+    record = {"id": "chat", "image": paths,
+              "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": "-"}]}
+    streamer = TextStreamer(generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    return generator.generate([generator.prepare(record)], streamer=streamer)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
