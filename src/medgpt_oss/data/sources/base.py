@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medgpt_oss.data.layout import PublishedLayout
+
 SPLITS = ("train", "val", "test")
 
 
@@ -70,37 +72,18 @@ def stable_split(key: str, val_fraction: float, test_fraction: float) -> str:
     return "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
 
 
-class Source:
+class Source(PublishedLayout):
     """Base class. Subclasses set ``name``, ``layout``, ``origin`` and implement :meth:`records`."""
 
     name: str = "source"
-    layout: str = ""   # the expected files, shown when the root is wrong
-    origin: str = ""   # where to get them
+    kind = "source"
+    layout_error_class = SourceLayoutError
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
 
     def records(self) -> Iterator[SourceRecord | Skip]:
         raise NotImplementedError
-
-    # -- layout ---------------------------------------------------------------------------------
-
-    def layout_error(self, problem: str) -> SourceLayoutError:
-        return SourceLayoutError(
-            f"source '{self.name}': {problem}\n  expected under {self.root}:\n    "
-            + self.layout.strip().replace("\n", "\n    ")
-            + (f"\n  get the files from: {self.origin}" if self.origin else "")
-            + "\n  then pass source.root=<that folder>"
-        )
-
-    def require(self, *candidates: str) -> Path:
-        """The first of ``candidates`` that exists under the root, else a layout error naming them."""
-        if not self.root.is_dir():
-            raise self.layout_error(f"root folder '{self.root}' does not exist")
-        for rel in candidates:
-            if (self.root / rel).exists():
-                return self.root / rel
-        raise self.layout_error(f"none of {list(candidates)} found in '{self.root}'")
 
     # -- readers (see the module docstring for the encoding policy) ----------------------------
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medgpt_oss.data.layout import PublishedLayout
 from medgpt_oss.eval import extraction as ex
 
 KINDS = ("closed", "open", "mcq", "report")
@@ -56,11 +57,12 @@ def closed_or_open(item_id: str, question: str, answer: str, **kw: Any) -> EvalI
     return EvalItem(item_id, "open", question, answer.strip(), **kw)
 
 
-class Benchmark:
-    """Base adapter. Subclasses set ``layout`` and implement :meth:`items`."""
+class Benchmark(PublishedLayout):
+    """Base adapter. Subclasses set ``layout``, ``origin`` (docs/evaluation.md has the long form) and
+    implement :meth:`items`."""
 
-    layout: str = ""          # the expected files, shown when the root is wrong
-    source: str = ""          # where to get the files (docs/evaluation.md has the long form)
+    kind = "benchmark"
+    layout_error_class = BenchmarkLayoutError
 
     def __init__(self, root: str | Path, name: str | None = None, prompts: dict[str, str] | None = None,
                  clinical_metrics: Sequence[str] | None = None) -> None:
@@ -74,22 +76,8 @@ class Benchmark:
     def items(self) -> Iterator[EvalItem | MalformedItem]:
         raise NotImplementedError
 
-    def layout_error(self, problem: str) -> BenchmarkLayoutError:
-        return BenchmarkLayoutError(
-            f"benchmark '{self.name}': {problem}\n  expected under {self.root}:\n    "
-            + self.layout.strip().replace("\n", "\n    ")
-            + (f"\n  get the files from: {self.source}" if self.source else "")
-            + f"\n  then pass benchmark.root=<that folder> (or benchmark.{self.name}.root=...)"
-        )
-
-    def require(self, *candidates: str) -> Path:
-        """The first of ``candidates`` that exists under the root, else a layout error naming them."""
-        if not self.root.is_dir():
-            raise self.layout_error(f"root folder '{self.root}' does not exist")
-        for rel in candidates:
-            if (self.root / rel).exists():
-                return self.root / rel
-        raise self.layout_error(f"none of {list(candidates)} found in '{self.root}'")
+    def root_hint(self) -> str:
+        return f"benchmark.root=<that folder> (or benchmark.{self.name}.root=...)"
 
     def read_json(self, path: Path) -> Any:
         try:

@@ -27,7 +27,7 @@ class MedXpertQA(Benchmark):
                              options [{letter, content}], label [letter], images [{image_path}], medical_task,
                              body_system, question_type}
 images/<image_path>          (MM only)"""
-    source = "https://github.com/TsinghuaC3I/MedXpertQA (eval/data) or the TsinghuaC3I/MedXpertQA dataset"
+    origin = "https://github.com/TsinghuaC3I/MedXpertQA (eval/data) or the TsinghuaC3I/MedXpertQA dataset"
 
     def __init__(self, root: str, files: Sequence[str] = ("medxpertqa_mm_input.jsonl", "MM/test.jsonl"),
                  image_dir: str = "images", **kw: Any) -> None:
@@ -56,7 +56,7 @@ class PMCVQA(Benchmark):
                              Figure_path, Question, Answer, Choice A..Choice D (values like "A:CT"),
                              Answer_label (letter; if absent the Answer text is matched to the choices)
 images/<Figure_path>         (figures/ is accepted too)"""
-    source = ("https://huggingface.co/datasets/xmcmic/PMC-VQA (test_clean.csv, images.zip). Field names as we "
+    origin = ("https://huggingface.co/datasets/xmcmic/PMC-VQA (test_clean.csv, images.zip). Field names as we "
               "know the public release; check them against your copy")
 
     def __init__(self, root: str, file: str = "test_clean.csv", image_dirs: Sequence[str] = ("images", "figures"),
@@ -167,7 +167,7 @@ class MMMU(ParquetMCQ):
                                  {id "validation_<Subject>_<n>", question, options (str of a list),
                                  answer, question_type, image_1..image_7 {bytes, path}, subfield, ...}
   or "standard (4 options)/*.parquet"   MMMU-Pro (MMMU/MMMU_Pro) with a subject column (pattern=)"""
-    source = "https://huggingface.co/datasets/MMMU/MMMU and MMMU/MMMU_Pro (parquet, images embedded)"
+    origin = "https://huggingface.co/datasets/MMMU/MMMU and MMMU/MMMU_Pro (parquet, images embedded)"
 
     def __init__(self, root: str, pattern: str = "*/validation-*.parquet",
                  subjects: Sequence[str] = MMMU_MEDICAL, **kw: Any) -> None:
@@ -201,7 +201,7 @@ class MedFrameQA(ParquetMCQ):
                              options (list), answer (letter), image_1..image_5 {bytes, path}, system, organ,
                              modality, ...} -- field names as we know the public release; unsure ones are
                              config (id_field, answer_field, group_fields)"""
-    source = "https://huggingface.co/datasets/SuhaoYu1020/MedFrameQA (parquet, images embedded)"
+    origin = "https://huggingface.co/datasets/SuhaoYu1020/MedFrameQA (parquet, images embedded)"
 
     def __init__(self, root: str, pattern: str = "**/*.parquet", id_field: str = "question_id",
                  answer_field: str = "answer", group_fields: Sequence[str] = ("system", "modality"), **kw: Any) -> None:

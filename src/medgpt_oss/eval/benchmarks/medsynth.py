@@ -20,7 +20,7 @@ TASK_KINDS = {"closed": "closed", "open": "open", "mcq": "mcq", "longitudinal": 
 class MedSynth(Benchmark):
     layout = """test.jsonl                   MedSynth records {id, image, conversations, task, modality, answer, options}
 images/...                   (generate with: python -m medgpt_oss.data.synthetic, or let synth= do it)"""
-    source = "generated locally by medgpt_oss.data.synthetic"
+    origin = "generated locally by medgpt_oss.data.synthetic"
 
     def __init__(self, root: str, split: str = "test", tasks: Sequence[str] = tuple(TASK_KINDS),
                  synth: dict[str, Any] | None = None, **kw: Any) -> None:

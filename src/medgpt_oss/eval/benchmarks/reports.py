@@ -27,7 +27,7 @@ def report_section(text: str, section: str) -> str | None:
 class IUXray(Benchmark):
     layout = """annotation.json              R2Gen split: {train, val, test: [{id, report, image_path [frontal, lateral], split}]}
 images/<image_path>          e.g. images/CXR2384_IM-0942/0.png"""
-    source = "R2Gen's iu_xray release (annotation.json + images), built from Open-i (openi.nlm.nih.gov)"
+    origin = "R2Gen's iu_xray release (annotation.json + images), built from Open-i (openi.nlm.nih.gov)"
 
     def __init__(self, root: str, split: str = "test", views: str = "all",
                  question: str = "These are the frontal and lateral views of a chest X-ray. "
@@ -60,7 +60,7 @@ images/<image_path>
 files/pXX/pNNN/sMMM.txt      official free-text reports (section=impression only)
 mimic-cxr-2.0.0-metadata.csv official metadata: dicom_id, subject_id, study_id, ViewPosition, StudyDate,
                              StudyTime (with_prior=true only: orders each patient's studies)"""
-    source = "https://physionet.org/content/mimic-cxr-jpg/ (credentialed) + R2Gen's mimic_cxr annotation.json"
+    origin = "https://physionet.org/content/mimic-cxr-jpg/ (credentialed) + R2Gen's mimic_cxr annotation.json"
 
     def __init__(self, root: str, split: str = "test", section: str = "findings", views: str = "frontal",
                  with_prior: bool = False, question: str = FINDINGS_PROMPT, **kw: Any) -> None:

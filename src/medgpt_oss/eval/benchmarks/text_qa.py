@@ -41,7 +41,7 @@ class MedQA(Benchmark):
     layout = """phrases_no_exclude_test.jsonl    US 4-option test set (1,273 questions), JSONL of
                                  {question, options {A..D}, answer, answer_idx, meta_info, metamap_phrases}
                                  (the release keeps it at data_clean/questions/US/4_options/; that path works too)"""
-    source = "https://github.com/jind11/MedQA (data_clean.zip linked from its README)"
+    origin = "https://github.com/jind11/MedQA (data_clean.zip linked from its README)"
     files = ("phrases_no_exclude_test.jsonl", "data_clean/questions/US/4_options/phrases_no_exclude_test.jsonl",
              "questions/US/4_options/phrases_no_exclude_test.jsonl", "US/4_options/phrases_no_exclude_test.jsonl")
 
@@ -64,7 +64,7 @@ class MedMCQA(Benchmark):
                              cop is 1-based (1 = A) in the original release: set cop_base=0 for the 0-based
                              Hugging Face export
   or medmcqa_input.jsonl       MedXpertQA's conversion: {id, question "...Answer Choices: (A)...", label [letter]}"""
-    source = "https://medmcqa.github.io (dev.json) or MedXpertQA's eval/data (medmcqa_input.jsonl)"
+    origin = "https://medmcqa.github.io (dev.json) or MedXpertQA's eval/data (medmcqa_input.jsonl)"
 
     def __init__(self, root: str, files: tuple[str, ...] = ("dev.json", "medmcqa_input.jsonl"), cop_base: int = 1,
                  **kw: Any) -> None:
@@ -100,7 +100,7 @@ class MMLUMed(Benchmark):
     layout = """test/<subject>_test.csv      Hendrycks et al.'s release (data.tar: data/test/ works too): headerless CSV rows
                              question, A, B, C, D, answer-letter; subjects: anatomy, clinical_knowledge,
                              college_biology, college_medicine, medical_genetics, professional_medicine"""
-    source = "https://github.com/hendrycks/test (data.tar linked from its README)"
+    origin = "https://github.com/hendrycks/test (data.tar linked from its README)"
 
     def __init__(self, root: str, subjects: tuple[str, ...] = MMLU_MEDICAL, **kw: Any) -> None:
         super().__init__(root, **kw)
@@ -124,7 +124,7 @@ class MMLUMed(Benchmark):
 class Medbullets(Benchmark):
     layout = """medbullets_op4.csv           (or medbullets_op5.csv via file=) with a header row:
                              question, opa, opb, opc, opd[, ope], answer_idx (letter), answer, explanation, link"""
-    source = "https://github.com/HanjieChen/ChallengeClinicalQA (medbullets/); column names as we read them there"
+    origin = "https://github.com/HanjieChen/ChallengeClinicalQA (medbullets/); column names as we read them there"
 
     def __init__(self, root: str, file: str = "medbullets_op4.csv", **kw: Any) -> None:
         super().__init__(root, **kw)
@@ -149,7 +149,7 @@ class PubMedQA(Benchmark):
     layout = """ori_pqal.json                PQA-L, JSON object keyed by PMID: {QUESTION, CONTEXTS[], LABELS, MESHES,
                              final_decision yes/no/maybe, LONG_ANSWER, ...}
 test_ground_truth.json       optional {PMID: label} of the 500-question test split; without it all 1,000 are scored"""
-    source = "https://github.com/pubmedqa/pubmedqa (data/ori_pqal.json, data/test_ground_truth.json)"
+    origin = "https://github.com/pubmedqa/pubmedqa (data/ori_pqal.json, data/test_ground_truth.json)"
 
     def items(self) -> Iterator[EvalItem | MalformedItem]:
         data = self.read_json(self.require("ori_pqal.json", "data/ori_pqal.json"))

@@ -17,7 +17,7 @@ class VQARAD(Benchmark):
                              {qid, image_name, question, answer, answer_type CLOSED/OPEN, image_organ, ...}
                              (split_file="VQA_RAD Dataset Public.json" reads all 2,248 OSF pairs instead)
 images/<image_name>          or the OSF folder "VQA_RAD Image Folder/<image_name>\""""
-    source = "https://osf.io/89kps/ (OSF) for the JSON and images; testset.json from the MedVQA test-split releases"
+    origin = "https://osf.io/89kps/ (OSF) for the JSON and images; testset.json from the MedVQA test-split releases"
 
     def __init__(self, root: str, split_file: str = "testset.json",
                  image_dirs: tuple[str, ...] = ("images", "VQA_RAD Image Folder"), **kw) -> None:
@@ -43,7 +43,7 @@ class SLAKE(Benchmark):
     layout = """test.json                    JSON list of {qid, img_name "xmlabN/source.jpg", question, answer,
                              q_lang en/zh, answer_type CLOSED/OPEN, modality, location, content_type, ...}
 imgs/xmlabN/source.jpg"""
-    source = "https://www.med-vqa.com/slake/ (SLAKE 1.0: test.json and imgs.zip)"
+    origin = "https://www.med-vqa.com/slake/ (SLAKE 1.0: test.json and imgs.zip)"
 
     def __init__(self, root: str, split_file: str = "test.json", language: str = "en", **kw) -> None:
         super().__init__(root, **kw)
@@ -70,7 +70,7 @@ class PathVQA(Benchmark):
                              {img_id, labelf: {pvqa: [{answer: 1}, ...]}, sentf: {pvqa: [question, ...]}}
                              (the i-th label answers the i-th question)
 images/test/<img_id>.jpg     (image_dir= if yours differ)"""
-    source = "https://github.com/UCSD-AI4H/PathVQA (data links in its README)"
+    origin = "https://github.com/UCSD-AI4H/PathVQA (data links in its README)"
 
     def __init__(self, root: str, split_file: str = "pvqa_test.json", image_dir: str = "images/test", **kw) -> None:
         super().__init__(root, **kw)
