@@ -73,6 +73,9 @@ def test_strict_fails_on_first_bad_record_with_id_reason_and_fix(tmp_path, forma
     root = write_bad_corpus(tmp_path / "src")
     with pytest.raises(PrepareError, match=r"record 'bad-truncated' \(train\): corrupt_image: .*-- fix: download"):
         prepare(LLaVAConversations(root), tmp_path / "out", formatter, strict=True)
+    # A failed run leaves nothing half-written behind, so the same command runs again once the data is fixed.
+    assert list((tmp_path / "out").iterdir()) == []
+    assert prepare(LLaVAConversations(root), tmp_path / "out", formatter)["skipped"] > 0
 
 
 def test_non_utf8_csv_row_skipped_alone(tmp_path, formatter):

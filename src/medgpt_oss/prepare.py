@@ -217,7 +217,11 @@ def prepare(source: Source, out: str | Path, formatter: HarmonyFormatter, strict
         for item in items:
             preparer.add(item)
     except BaseException:
+        # Shards without a manifest are unusable and would block the rerun: remove what this run wrote.
         preparer._skipped.close()
+        for split in preparer.writers:
+            shutil.rmtree(out / split, ignore_errors=True)
+        (out / "skipped.jsonl").unlink(missing_ok=True)
         raise
     return preparer.finish(source.name)
 
@@ -227,7 +231,8 @@ def clear_previous(out: Path, overwrite: bool) -> None:
     if not out.exists() or not any(out.iterdir()):
         return
     if not (out / MANIFEST).is_file():
-        raise FileExistsError(f"out='{out}' is not empty and holds no prepared data; choose a new folder")
+        raise FileExistsError(f"out='{out}' is not empty and holds no prepared data ({MANIFEST} is missing); "
+                              "choose a new folder")
     if not overwrite:
         raise FileExistsError(f"out='{out}' already holds prepared data; pass overwrite=true to replace it")
     for split in json.loads((out / MANIFEST).read_text()).get("splits", {}):
