@@ -95,10 +95,11 @@ class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_split:
             return []
-        world_size, rank = self._world()
+        # Every rank scores the whole split: the same batches everywhere, so the all-gathers of a sharded
+        # (FSDP) forward line up; split by rank, one rank could run out first and the others would hang.
         dataset = FiniteConversations([root for root, _ in self.sources], self.processor, self.batch_size,
                                       split=self.val_split, tasks=self.tasks, strict=self.strict,
-                                      pack_length=self.pack_length, world_size=world_size, rank=rank)
+                                      pack_length=self.pack_length)
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
