@@ -81,3 +81,26 @@ def test_lora_llm_training_means_adapters_only():
     vlm.set_trainable(encoder=False, projector=True, llm=True)
     trainable = [n for n, p in vlm.llm.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_text_only_batch_under_distributed_training_still_runs_the_vision_tower(tmp_path):
+    """DDP/FSDP need the same modules on every rank: a text-only batch runs a blank image times zero."""
+    import torch.distributed as dist
+
+    vlm = tiny_vlm()
+    vlm.set_trainable(encoder=False, projector=True, llm=True)
+    ids = torch.tensor([[5, 20, 21, 22]])
+    vlm.train()
+    alone = vlm(input_ids=ids, labels=ids).loss
+    alone.backward()
+    assert all(p.grad is None for p in vlm.projector.parameters())  # one process: nothing to line up
+    vlm.zero_grad(set_to_none=True)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        loss = vlm(input_ids=ids, labels=ids).loss
+        loss.backward()
+    finally:
+        dist.destroy_process_group()
+    assert torch.equal(loss, alone)  # the blank image changes nothing...
+    grads = [p.grad for p in vlm.projector.parameters()]
+    assert all(g is not None and not g.any() for g in grads)  # ...but the projector took part (zero gradient)

@@ -76,6 +76,13 @@ class MedVLM(nn.Module):
                 f"{self.tokens_per_image} tokens each; the data was tokenized for a different encoder/projector"
             )
         if num_images == 0:
+            if self.training and torch.distributed.is_available() and torch.distributed.is_initialized():
+                # Every rank must run the same modules: a rank whose batch is text-only would skip the vision
+                # tower, so DDP would wait for the projector's gradients and FSDP's vision all-gathers would go
+                # unmatched (a hang). A blank image through encoder + projector, added times zero, changes nothing.
+                size = self.encoder.image_size
+                blank = torch.zeros(1, 3, size, size, device=embeds.device)
+                embeds = embeds + self.encode_images(blank).sum().to(embeds.dtype) * 0.0
             return embeds
         features = self.encode_images(pixel_values).to(embeds.dtype)
         return embeds.masked_scatter(is_image.unsqueeze(-1), features.reshape(-1, features.shape[-1]))
