@@ -140,11 +140,13 @@ def test_a_sample_with_no_supervised_token_is_rejected(tiny_tokenizer, png, tmp_
 
 
 @pytest.mark.slow
-def test_two_ddp_ranks_count_skips_globally_and_resume_exactly(shard_corpus, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_count_skips_globally_and_resume_exactly(strategy, shard_corpus, tmp_path):
     """2 CPU ranks x batch 1 over the 24-record shard corpus: 12 steps draw every record once.
 
     The four bad records share one row group, so one rank gets all of them: its empty batches take
-    the zero-loss path while the other rank trains (no hang), and ``data/skipped`` sums both ranks.
+    the zero-loss path (a one-token forward, so FSDP's all-gathers line up) while the other rank trains
+    (no hang), and ``data/skipped`` sums both ranks.
     Resuming the step-6 checkpoint on 2 ranks gives the same losses and the same final count.
     """
     import csv
@@ -153,7 +155,7 @@ def test_two_ddp_ranks_count_skips_globally_and_resume_exactly(shard_corpus, tmp
     import sys
 
     root, bad = shard_corpus
-    args = ["+stage=align", "scale=tiny", "trainer.accelerator=cpu", "trainer.devices=2", "strategy=ddp",
+    args = ["+stage=align", "scale=tiny", "trainer.accelerator=cpu", "trainer.devices=2", f"strategy={strategy}",
             "logger=csv", "data=prepared", f"data.root={root}", "data.batch_size=1", "trainer.max_steps=12",
             "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
             "trainer.enable_model_summary=false", "callbacks.model_checkpoint.every_n_train_steps=3",

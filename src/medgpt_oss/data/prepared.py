@@ -26,6 +26,10 @@ STREAM_KEYS = ("seed", "world_size", "num_workers", "batch_size", "sources", "ta
 class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
     """Train/val loaders over one prepared folder (``root``) or weighted ones (``sources``)."""
 
+    # The training stream never ends: a run is trainer.max_steps long, and the stage sizes its LR schedule
+    # from that without setting up the data early (see VLMStage.configure_optimizers).
+    endless = True
+
     def __init__(
         self,
         input_spec: ModelInputSpec,

@@ -118,9 +118,11 @@ class VLMStage(L.LightningModule):
             # Last guard (the processor already rejects such samples): nothing to learn from this batch.
             if world == 1:
                 return None
-            # Under DDP every rank must take part in the gradient all-reduce and the loss sync: a zero loss
-            # on the trained weights (its share of the global token mean is zero).
-            zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            # Every rank must run the same modules (FSDP all-gathers in forward, DDP all-reduces every trained
+            # weight's gradient) and the loss sync: a one-token forward times zero (its share of the global
+            # token mean is zero); MedVLM.embed runs a blank image through the vision side.
+            pad = self.vlm.llm.tokenizer.pad_token_id or 0
+            zero = self.vlm(input_ids=torch.tensor([[pad]], device=self.device), use_cache=False).logits.sum() * 0.0
             self.log("train/loss", zero.detach(), prog_bar=True, batch_size=1, sync_dist=True)
             return zero
         loss = self._loss(batch)
@@ -163,7 +165,13 @@ class VLMStage(L.LightningModule):
         optimizer = torch.optim.AdamW(
             groups, weight_decay=optim.get("weight_decay", 0.0), betas=tuple(optim.get("betas", (0.9, 0.999)))
         )
-        total = int(self.trainer.estimated_stepping_batches)
+        if getattr(self.trainer.datamodule, "endless", False):
+            # Lightning would set up (and start) the train loader to estimate the steps; strategies that
+            # restore checkpoints after this hook (FSDP) would then stream from the start, not the saved
+            # position. An endless stream's run is max_steps long anyway.
+            total = self.trainer.max_steps
+        else:
+            total = int(self.trainer.estimated_stepping_batches)
         warmup = int(optim.get("warmup_ratio", 0.0) * total)
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
