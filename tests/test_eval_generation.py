@@ -147,6 +147,11 @@ def test_a_checkpoint_trained_on_tiles_is_evaluated_on_tiles(vlm, tmp_path):
     options = training_image_options(run / "checkpoints" / "last.ckpt")
     assert options == {"max_tiles": 4, "dicom": {"frames": "all", "ct_windows": None}}
     assert training_image_options(tmp_path / "elsewhere.ckpt") == {}
+    # images.* in conf/eval.yaml: a non-null value wins, a null one keeps the training run's
+    from omegaconf import OmegaConf
+    overrides = OmegaConf.create({"max_tiles": 2, "dicom": None})
+    assert training_image_options(run / "checkpoints" / "last.ckpt", overrides) == {
+        "max_tiles": 2, "dicom": {"frames": "all", "ct_windows": None}}
 
     Image.new("RGB", (288, 96), "gray").save(tmp_path / "wide.png")  # 3:1 -> a 3x1 grid + thumbnail
     record = {"id": "wide", "image": ["wide.png"], "conversations": [

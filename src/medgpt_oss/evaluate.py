@@ -57,13 +57,11 @@ def _check_shared_run_dir(world: int) -> None:
 
 
 def build_answerer(cfg: DictConfig, root: str):
-    from medgpt_oss.eval.generation import IMAGE_OPTIONS, Generator, load_vlm, resolve_device, training_image_options
+    from medgpt_oss.eval.generation import Generator, load_vlm, resolve_device, training_image_options
     from medgpt_oss.eval.runner import ModelAnswerer
 
     vlm = load_vlm(cfg.ckpt, resolve_device(cfg.device))
-    images = training_image_options(cfg.ckpt)
-    images.update({k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
-                   for k, v in (cfg.get("images") or {}).items() if k in IMAGE_OPTIONS and v is not None})
+    images = training_image_options(cfg.ckpt, cfg.get("images"))
     generator = Generator(vlm, root, max_new_tokens=cfg.max_new_tokens, system_prompt=cfg.system_prompt, **images)
     return generator, ModelAnswerer(generator, batch_size=cfg.batch_size,
                                     likelihood=OmegaConf.to_container(cfg.likelihood, resolve=True))

@@ -62,18 +62,19 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
-def training_image_options(ckpt: str | Path | None) -> dict[str, Any]:
+def training_image_options(ckpt: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """``data.max_tiles`` and ``data.dicom`` of the run that wrote a Lightning checkpoint, read from its run
     folder's ``config.yaml`` (``<run>/checkpoints/x.ckpt``), so a model trained on tiles is evaluated on
-    tiles; ``{}`` when there is no such file (exports, checkpoints moved elsewhere)."""
-    if ckpt is None or not Path(ckpt).is_file():
-        return {}
-    run_config = Path(ckpt).resolve().parent.parent / "config.yaml"
-    if not run_config.is_file():
-        return {}
-    data = OmegaConf.load(run_config).get("data") or {}
-    return {key: OmegaConf.to_container(data[key]) if OmegaConf.is_config(data[key]) else data[key]
-            for key in IMAGE_OPTIONS if key in data}
+    tiles; none when there is no such file (exports, checkpoints moved elsewhere). Non-null ``overrides``
+    (``images.*`` in conf/eval.yaml) win."""
+    options: dict[str, Any] = {}
+    run_config = Path(ckpt).resolve().parent.parent / "config.yaml" if ckpt and Path(ckpt).is_file() else None
+    if run_config is not None and run_config.is_file():
+        data = OmegaConf.load(run_config).get("data") or {}
+        options = {key: data[key] for key in IMAGE_OPTIONS if key in data}
+    options.update({key: value for key, value in (overrides or {}).items()
+                    if key in IMAGE_OPTIONS and value is not None})
+    return {key: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for key, v in options.items()}
 
 
 class Generator:
