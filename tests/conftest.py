@@ -9,10 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
-from transformers import AutoTokenizer
-
 from medgpt_oss.config import CONF_DIR
-from medgpt_oss.models.tokenizer import TINY_TOKENIZER_DIR
+from medgpt_oss.models.tokenizer import load_tokenizer
 
 SMALL_MEDSYNTH = {"seed": 0, "n_train": 48, "n_val": 8, "n_test": 8, "image_size": 128}
 
@@ -35,7 +33,8 @@ def compose_train(overrides: list[str], out_dir: Path, data_dir: Path | None = N
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    return AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
+    """The shipped tiny harmony tokenizer with the image token added, as the model adds it."""
+    return load_tokenizer()
 
 
 @pytest.fixture(scope="session")

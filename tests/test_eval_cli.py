@@ -113,7 +113,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     from medgpt_oss.stages.align import AlignStage
 
     cfg = OmegaConf.create({"scale": "tiny", "init_seed": 0, "lora": None})
-    for group, name in (("encoder", "clip"), ("projector", "mlp2x_gelu"), ("llm", "gpt_oss")):
+    for group, name in (("encoder", "clip"), ("projector", "mlp2x_gelu"), ("llm", "gpt_oss"), ("chat", "harmony")):
         cfg[group] = OmegaConf.load(CONF_DIR / f"{group}/{name}.yaml")
     plain = OmegaConf.to_container(cfg, resolve=True)
     stage = AlignStage(model={k: plain[k] for k in ("encoder", "projector", "llm", "lora")}, optim={"lr": 1e-3})

@@ -38,51 +38,73 @@ def test_batched_decoding_equals_one_at_a_time(generator, tmp_path):
                                                     {"from": "gpt", "value": "-"}]})  # no image in the batch
     samples = [generator.prepare(r) for r in records]
     assert len({len(s["input_ids"]) for s in samples}) > 1
-    batched = generator.generate(samples)
-    one_by_one = [generator.generate([s])[0] for s in samples]
+    batched = generator.replies(samples)  # raw replies: a random model rarely writes a final channel
+    one_by_one = [generator.replies([s])[0] for s in samples]
     assert batched == one_by_one
-    assert all(isinstance(t, str) for t in batched)
+    assert all(isinstance(t, str) and t for t in batched)
 
 
-def test_prompt_ends_in_the_final_channel_header(generator, tmp_path):
+def test_prompt_ends_where_the_official_template_ends_it(generator, tmp_path):
     (record,) = make_records(tmp_path, 1)
     ids = generator.prepare(record)["input_ids"].tolist()
-    assert generator.tokenizer.decode(ids).endswith("<|start|>assistant<|channel|>final<|message|>")
+    text = generator.tokenizer.decode(ids)
+    assert text.startswith("<|start|>system<|message|>") and text.endswith("<|end|><|start|>assistant")
 
 
-def test_decoding_stops_at_harmony_end_tokens(generator, vlm, tmp_path):
-    end_id = generator.tokenizer.convert_tokens_to_ids("<|end|>")
-    captured = {}
-    real_generate = vlm.llm.model.generate
+def script(vlm, tokenizer, texts):
+    """Make the model write ``texts`` (token strings joined), one token per decoding step, then token 5 forever."""
+    ids = tokenizer("".join(texts), add_special_tokens=False)["input_ids"]
+    step = {"n": 0}
 
-    def spy(**kwargs):
-        out = real_generate(**kwargs)
-        captured.update(eos=kwargs["eos_token_id"], shape=tuple(out.shape))
-        return out
-
-    def force_end(module, args, output):
-        output[..., end_id] += 1e4  # the model "wants" to stop at once
+    def force(module, args, output):
+        token = ids[step["n"]] if step["n"] < len(ids) else 5
+        output[..., -1, token] += 1e4
+        step["n"] += 1
         return output
 
-    handle = vlm.llm.model.get_output_embeddings().register_forward_hook(force_end)
+    return vlm.llm.model.get_output_embeddings().register_forward_hook(force)
+
+
+REPLIES = {
+    # a final answer ends at its <|end|> (what earlier turns of a conversation end with) or <|return|>
+    "final_end": (["<|channel|>final<|message|>", "Yes.", "<|end|>", "<|start|>user"], "Yes."),
+    "final_return": (["<|channel|>final<|message|>", "No.", "<|return|>"], "No."),
+    # an analysis message's <|end|> does not end the reply: the final answer after it is the answer
+    "analysis_then_final": (["<|channel|>analysis<|message|>", "nodule", "<|end|>", "<|start|>assistant",
+                             "<|channel|>final<|message|>", "B", "<|return|>"], "B"),
+    # no final channel: unparseable, never read from the analysis
+    "analysis_only": (["<|channel|>analysis<|message|>", "Yes", "<|end|>"], None),
+    "no_channel": (["Yes", "<|end|>"], None),
+}
+
+
+@pytest.mark.parametrize("case", REPLIES)
+def test_replies_end_and_are_read_as_harmony_says(vlm, tmp_path, case):
+    texts, answer = REPLIES[case]
+    generator = Generator(vlm, tmp_path, max_new_tokens=24)
+    tok = generator.tokenizer
+    handle = script(vlm, tok, texts)
     try:
-        vlm.llm.model.generate = spy
-        outputs = generator.generate([generator.prepare(r) for r in make_records(tmp_path, 2)])
+        (reply,) = generator.replies([generator.prepare(make_records(tmp_path, 1)[0])])
     finally:
         handle.remove()
-        del vlm.llm.model.generate
-    assert outputs == ["", ""] and captured["shape"] == (2, 1)
-    assert set(captured["eos"]) == {generator.tokenizer.convert_tokens_to_ids(t)
-                                    for t in ("<|return|>", "<|end|>", "<|call|>")}
+    written = "".join(texts)
+    if answer is not None:  # stopped exactly where the reply ended
+        stop = "<|end|>" if case == "final_end" else "<|return|>"
+        assert reply == written[:written.rindex(stop) + len(stop)]
+    else:  # ran on to max_new_tokens
+        assert reply.startswith(written) and len(tok(reply, add_special_tokens=False)["input_ids"]) == 24
+    from medgpt_oss.eval.generation import final_channel_text
+
+    assert final_channel_text(reply) == answer
 
 
-def test_decode_cuts_at_the_first_stop_and_keeps_the_final_channel(generator):
-    tok = generator.tokenizer
-    ids = tok("Yes.", add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|return|>")] + [5, 6]
-    assert generator.decode(ids) == "Yes."
+def test_final_channel_text_reads_only_the_final_channel():
     assert final_channel_text("<|channel|>analysis<|message|>think<|end|><|start|>assistant"
                               "<|channel|>final<|message|>B<|return|>") == "B"
-    assert final_channel_text("No.<|endoftext|>") == "No."
+    assert final_channel_text("<|channel|>final<|message|> Yes. <|end|><|start|>user") == "Yes."
+    assert final_channel_text("<|channel|>analysis<|message|>Yes.<|end|>") is None
+    assert final_channel_text("No.<|endoftext|>") is None
 
 
 def test_likelihood_picks_the_most_likely_option(generator, vlm, tmp_path):

@@ -4,11 +4,13 @@ from transformers import GptOssForCausalLM, PreTrainedTokenizerFast, Qwen2ForCau
 
 from medgpt_oss.models.hub import MissingWeightsError
 from medgpt_oss.models.llm import LanguageModel
-from medgpt_oss.models.tokenizer import HARMONY_SPECIAL_TOKENS
+from medgpt_oss.harmony import CONTROL_TOKENS, SPECIAL_TOKENS
+from medgpt_oss.models.tokenizer import TINY_TOKENIZER_DIR
 
+# vocab_size above the tokenizer's 1,021 tokens: spare rows, as GPT-oss has 201,088 rows for 200,019 tokens.
 TINY_GPT_OSS = dict(model_type="gpt_oss", hidden_size=32, intermediate_size=32, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
-                    num_experts_per_tok=2, sliding_window=16, initializer_range=0.2)
+                    num_experts_per_tok=2, sliding_window=16, initializer_range=0.2, vocab_size=1088)
 
 
 def tiny_llm(**kw) -> LanguageModel:
@@ -18,10 +20,52 @@ def tiny_llm(**kw) -> LanguageModel:
 def test_tiny_gpt_oss_is_the_real_class_with_a_deterministic_init():
     a, b, c = tiny_llm(init_seed=3), tiny_llm(init_seed=3), tiny_llm(init_seed=4)
     assert isinstance(a.model, GptOssForCausalLM)
-    assert a.model.get_input_embeddings().num_embeddings == len(a.tokenizer)
+    assert a.model.get_input_embeddings().num_embeddings == 1088
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_tiny_tokenizer_is_shaped_like_o200k_harmony():
+    from transformers import AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
+    # Harmony's special tokens (reserved ones included) are the last ids, in o200k_harmony's order: the
+    # real ones sit at 199,998..200,018, i.e. offsets 0..20 from the first of them.
+    first = base.convert_tokens_to_ids(SPECIAL_TOKENS[0])
+    assert [base.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(first, first + 21)) == \
+        list(range(len(base) - 21, len(base)))
+    assert (base.eos_token, base.pad_token, base.bos_token) == ("<|return|>", "<|endoftext|>", "<|startoftext|>")
+    assert "<|image|>" not in base.get_vocab()  # added by the model, as to the real tokenizer
+
+
+def test_image_token_takes_a_spare_row_and_nothing_is_resized():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    llm = tiny_llm(init_seed=3)
+    assert llm.image_token_id == 1021 and llm.added_rows is None  # the first spare row
+    assert llm.model.get_input_embeddings().num_embeddings == llm.model.get_output_embeddings().out_features == 1088
+    # The embeddings are exactly those of the plain transformers model from the same seed: untouched.
+    config = AutoConfig.for_model(**TINY_GPT_OSS)
+    torch.manual_seed(3)
+    plain = AutoModelForCausalLM.from_config(config)
+    assert torch.equal(plain.get_input_embeddings().weight, llm.model.get_input_embeddings().weight)
+
+
+def test_without_spare_rows_the_new_rows_are_seeded_not_drawn_from_the_global_rng():
+    no_spare = {**TINY_GPT_OSS, "vocab_size": 1021}
+    torch.manual_seed(0)
+    a = LanguageModel(pretrained="x", scale="tiny", tiny=no_spare, init_seed=5)
+    torch.manual_seed(123)
+    b = LanguageModel(pretrained="x", scale="tiny", tiny=no_spare, init_seed=5)
+    assert a.added_rows == 1021 and a.model.get_input_embeddings().num_embeddings == 1022
+    rows_a, rows_b = a.added_rows_state(), b.added_rows_state()
+    assert set(rows_a) == {"0", "1"}  # GPT-oss's head is not tied: both matrices grew
+    assert all(torch.equal(rows_a[k], rows_b[k]) for k in rows_a)
+    assert rows_a["0"].abs().sum() > 0 and not torch.equal(rows_a["0"], rows_a["1"])
+    # load_added_rows puts saved rows back (what a checkpoint does)
+    b.load_added_rows({k: torch.full_like(v, 0.5) for k, v in rows_b.items()})
+    assert (b.model.get_input_embeddings().weight[1021] == 0.5).all()
 
 
 def test_full_scale_loads_a_save_pretrained_folder_through_the_real_path(tmp_path):
@@ -57,7 +101,7 @@ def test_any_causal_lm_gets_the_harmony_tokens(tmp_path):
                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=300))
     assert isinstance(llm.model, Qwen2ForCausalLM)
     vocab = llm.tokenizer.get_vocab()
-    assert all(t in vocab for t in HARMONY_SPECIAL_TOKENS + ["<|image|>"])
+    assert all(t in vocab for t in CONTROL_TOKENS + ("<|image|>",))
     assert llm.model.get_input_embeddings().num_embeddings >= len(llm.tokenizer)
     assert llm.tokenizer("<|start|>user", add_special_tokens=False)["input_ids"][0] == vocab["<|start|>"]
 

@@ -126,7 +126,7 @@ def test_tiled_sample_has_one_token_run_per_tile_and_trains(vlm, tmp_path):
 
     # Round trip: the supervised tokens are exactly the answer and its end token.
     supervised = tiled["input_ids"][tiled["labels"] != IGNORE_INDEX]
-    assert vlm.tokenizer.decode(supervised[:-1]) == record["conversations"][1]["value"]
+    assert vlm.tokenizer.decode(supervised[:-1]) == "<|channel|>final<|message|>" + record["conversations"][1]["value"]
     assert vlm.tokenizer.convert_ids_to_tokens(int(supervised[-1])) == "<|return|>"
 
     batch = tiled_processor.collate([tiled])

@@ -9,7 +9,7 @@ from medgpt_oss.models.vlm import MedVLM
 
 
 def tiny_vlm(encoder="clip", projector="mlp2x_gelu", lora=None) -> MedVLM:
-    cfg = OmegaConf.create({"scale": "tiny", "init_seed": 0})
+    cfg = OmegaConf.create({"scale": "tiny", "init_seed": 0, "chat": OmegaConf.load(CONF_DIR / "chat/harmony.yaml")})
     cfg.encoder = OmegaConf.load(CONF_DIR / f"encoder/{encoder}.yaml")
     cfg.projector = OmegaConf.load(CONF_DIR / f"projector/{projector}.yaml")
     cfg.llm = OmegaConf.load(CONF_DIR / "llm/gpt_oss.yaml")

@@ -101,17 +101,13 @@ def conversation_problem(exc: ConversationError) -> str:
 
 
 def load_formatter(cfg: DictConfig) -> HarmonyFormatter:
-    """The formatter training uses, with the tokenizer of the model that will train on the data."""
-    from transformers import AutoTokenizer
+    """The formatter training uses, with the tokenizer and chat settings of the model that will train on it."""
+    from medgpt_oss.models.tokenizer import load_tokenizer
 
-    from medgpt_oss.models.tokenizer import HARMONY_SPECIAL_TOKENS, TINY_TOKENIZER_DIR
-
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or TINY_TOKENIZER_DIR)
-    missing = [t for t in HARMONY_SPECIAL_TOKENS + [cfg.image_token] if t not in tokenizer.get_vocab()]
-    if missing:  # as LanguageModel does, so the real GPT-oss tokenizer counts the same tokens here
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
-    return HarmonyFormatter(tokenizer, cfg.image_token, cfg.tokens_per_image,
-                            system_prompt=cfg.system_prompt, max_length=cfg.max_length)
+    # The image token is added as LanguageModel adds it, so the real GPT-oss tokenizer counts the same tokens.
+    tokenizer = load_tokenizer(cfg.tokenizer, cfg.image_token)
+    return HarmonyFormatter(tokenizer, cfg.image_token, cfg.tokens_per_image, system_prompt=cfg.system_prompt,
+                            max_length=cfg.max_length, chat=OmegaConf.to_container(cfg.chat))
 
 
 # -- the run -----------------------------------------------------------------------------------

@@ -1,33 +1,43 @@
 """Conversation (LLaVA record) -> harmony-format token ids and loss labels.
 
-Layout of one sample (harmony chat format, as GPT-oss was trained on it)::
+The layout is GPT-oss's harmony format exactly as the official chat template renders it
+(:mod:`medgpt_oss.harmony` owns it): a system message with the chat settings, an optional
+developer ``# Instructions`` message, user turns, and assistant turns whose channel header,
+answer and ``<|end|>``/``<|return|>`` are supervised (so the model learns to choose the
+``final`` channel itself); an assistant ``thinking`` on the last turn is its supervised
+analysis message. Everything else is -100.
 
-    [<|start|>system<|message|>{system}<|end|>]
-    <|start|>user<|message|>{text with <image> placeholders}<|end|>
-    <|start|>assistant<|channel|>final<|message|>{answer}<|end|>      <- answer + <|end|> supervised
-    ...
-    <|start|>assistant<|channel|>final<|message|>{answer}<|return|>   <- last one ends with <|return|>
-
-Each piece is tokenized on its own and the ids are concatenated, so the label
-mask is exact by construction: every assistant answer (and its end token) is
-supervised, everything else is -100. Each ``<image>`` becomes
-``num_image_tokens`` copies of the image token id, which the model overwrites
-with projected patch embeddings. Anything that would make the supervision
-wrong raises :class:`ConversationError` naming the record -- never a silently
-masked sample (LLaVA's failure mode).
+Each rendered segment is tokenized on its own and the ids are concatenated, so the label
+mask is exact by construction; segments meet at special tokens, so the ids equal those of
+tokenizing the whole rendered text (tested against the official renderings). Each
+``<image>`` in a user turn becomes ``num_image_tokens`` copies of the image token id per
+tile, which the model overwrites with projected patch embeddings. Anything that would make
+the supervision wrong raises :class:`ConversationError` naming the record -- never a
+silently masked sample (LLaVA's failure mode).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from medgpt_oss.harmony import (
+    ANALYSIS_HEADER,
+    END,
+    IMAGE_PLACEHOLDER,
+    RETURN,
+    ChatSettings,
+    FormatError,
+    Message,
+    messages_from_turns,
+    render,
+)
+
 IGNORE_INDEX = -100
-IMAGE_PLACEHOLDER = "<image>"
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
 class ConversationError(ValueError):
@@ -47,7 +57,12 @@ class TokenizedConversation:
 
 
 class HarmonyFormatter:
-    """Turns role-tagged turns into harmony token ids with a supervision mask."""
+    """Turns role-tagged turns into harmony token ids with a supervision mask.
+
+    ``system_prompt``: instructions for conversations that bring none (rendered as the official
+    template renders a leading system message: a developer ``# Instructions`` message).
+    ``chat``: the system message's settings (date, reasoning effort, identity).
+    """
 
     def __init__(
         self,
@@ -56,15 +71,19 @@ class HarmonyFormatter:
         num_image_tokens: int,
         system_prompt: str | None = None,
         max_length: int | None = None,
+        chat: ChatSettings | Mapping[str, Any] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.num_image_tokens = num_image_tokens
-        self.system_prompt = system_prompt
+        self.system_prompt = system_prompt or None
         self.max_length = max_length
+        self.chat = ChatSettings.of(chat)
         self.image_token_id = self._special_id(image_token)
-        self.end_id = self._special_id("<|end|>")
-        self.return_id = self._special_id("<|return|>")
+        self.end_id = self._special_id(END)
+        self.return_id = self._special_id(RETURN)
+        # Control tokens in data would rewrite the conversation's structure (the format also refuses any <|...|>).
         self._forbidden = [t for t in tokenizer.all_special_tokens if t] + [image_token]
+        self._encoded: dict[str, list[int]] = {}  # the format's fixed pieces, tokenized once
 
     def _special_id(self, token: str) -> int:
         ids = self.tokenizer.convert_tokens_to_ids([token])
@@ -75,13 +94,13 @@ class HarmonyFormatter:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def _header(self, role: str) -> list[int]:
-        if role == "assistant":
-            return self._encode("<|start|>assistant<|channel|>final<|message|>")
-        return self._encode(f"<|start|>{role}<|message|>")
+    def _encode_fixed(self, text: str) -> list[int]:
+        if text not in self._encoded:
+            self._encoded[text] = self._encode(text)
+        return self._encoded[text]
 
-    def _content(self, record_id: str, text: str, tiles: Iterator[int]) -> list[int]:
-        """User/system text with each <image> expanded to the image token run (one run per tile)."""
+    def _user_content(self, text: str, tiles: Iterator[int]) -> list[int]:
+        """User text with each <image> expanded to the image token run (one run per tile)."""
         ids: list[int] = []
         for i, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
             if i:
@@ -89,44 +108,26 @@ class HarmonyFormatter:
             ids.extend(self._encode(piece))
         return ids
 
-    def _check_text(self, record_id: str, text: str) -> None:
-        for token in self._forbidden:
-            if token in text:
-                raise ConversationError(
-                    record_id, f"text contains the special token {token!r}", "remove control tokens from the data"
-                )
-
-    def normalise_turns(self, record_id: str, conversations: Sequence[dict]) -> list[tuple[str, str]]:
-        """LLaVA ``{"from", "value"}`` turns -> validated ``(role, text)`` pairs."""
-        turns: list[tuple[str, str]] = []
-        for i, turn in enumerate(conversations):
-            speaker = turn.get("from", turn.get("role"))
-            text = turn.get("value", turn.get("content"))
-            if speaker not in ROLES:
-                raise ConversationError(record_id, f"turn {i} has unknown speaker {speaker!r}", f"use one of {sorted(ROLES)}")
-            if not isinstance(text, str):
-                raise ConversationError(record_id, f"turn {i} has no text", "give every turn a string 'value'")
-            turns.append((ROLES[speaker], text))
-        if turns and turns[0][0] == "system":
-            body = turns[1:]
-        else:
-            body = turns
-        if not body or body[-1][0] != "assistant":
-            raise ConversationError(record_id, "conversation does not end with an assistant turn", "add the answer")
-        for i, (role, text) in enumerate(body):
-            expected = "user" if i % 2 == 0 else "assistant"
-            if role != expected:
-                raise ConversationError(record_id, f"turn {i} is '{role}' where '{expected}' was expected",
-                                        "alternate human/gpt turns, starting with human")
-            if role == "assistant" and not text.strip():
+    def messages(self, record_id: str, conversations: Sequence[dict]) -> list[Message]:
+        """Validated :class:`~medgpt_oss.harmony.Message` s of a record's turns."""
+        try:
+            messages = messages_from_turns(conversations)
+        except FormatError as exc:
+            raise ConversationError(record_id, str(exc)) from None
+        for i, message in enumerate(messages):
+            if message.role == "assistant" and not message.content.strip():
                 raise ConversationError(record_id, f"assistant turn {i} is empty", "drop the record or fill the answer")
-        return turns
+            for token in self._forbidden:
+                if token in message.content + (message.thinking or ""):
+                    raise ConversationError(record_id, f"turn {i} contains the special token {token!r}",
+                                            "remove control tokens from the data")
+        return messages
 
     def tokenize(
         self, record_id: str, conversations: Sequence[dict], num_images: int, for_generation: bool = False,
         tiles_per_image: Sequence[int] | None = None,
     ) -> TokenizedConversation:
-        """Tokenize a whole conversation; with ``for_generation`` stop before the last answer.
+        """Tokenize a whole conversation; with ``for_generation`` the prompt for its last answer.
 
         ``tiles_per_image[k]``: how many encoder inputs image ``k`` became (dynamic tiling, or a
         DICOM's frames); its ``<image>`` expands to that many image-token runs. Default: one each.
@@ -135,44 +136,46 @@ class HarmonyFormatter:
         if len(tiles) != num_images or any(n < 1 for n in tiles):
             raise ValueError(f"record '{record_id}': tiles_per_image={tiles} does not give >= 1 tile for each of "
                              f"{num_images} images")
-        tile_counts = iter(tiles)
-        turns = self.normalise_turns(record_id, conversations)
-        placeholders = sum(text.count(IMAGE_PLACEHOLDER) for role, text in turns if role != "assistant")
-        if placeholders != num_images or any(IMAGE_PLACEHOLDER in t for r, t in turns if r == "assistant"):
+        messages = self.messages(record_id, conversations)
+        in_user = sum(m.content.count(IMAGE_PLACEHOLDER) for m in messages if m.role == "user")
+        elsewhere = any(IMAGE_PLACEHOLDER in m.content + (m.thinking or "") for m in messages if m.role != "user")
+        if in_user != num_images or elsewhere:
             raise ConversationError(
                 record_id,
-                f"{placeholders} '<image>' placeholders in the user turns but {num_images} images",
+                f"{in_user} '<image>' placeholders in the user turns but {num_images} images"
+                + (" (and one outside the user turns)" if elsewhere else ""),
                 "put exactly one <image> in a user turn per image",
             )
-        if self.system_prompt and turns[0][0] != "system":
-            turns = [("system", self.system_prompt)] + turns
         if for_generation:
-            turns = turns[:-1]
+            if not messages or messages[-1].role != "assistant":
+                raise ConversationError(record_id, "conversation does not end with an assistant turn",
+                                        "add the answer (the prompt is everything before it)")
+            messages = messages[:-1]
+        try:
+            segments = render(messages, self.chat, add_generation_prompt=for_generation,
+                              instructions=self.system_prompt)
+        except FormatError as exc:
+            fix = "remove control tokens from the data" if "control token" in str(exc) else ""
+            raise ConversationError(record_id, str(exc), fix) from None
 
+        tile_counts = iter(tiles)
         ids: list[int] = []
         labels: list[int] = []
-        # The final answer of a training sample ends with <|return|>; answers in the history end with <|end|>.
-        last_assistant = -1 if for_generation else len(turns) - 1
-        for i, (role, text) in enumerate(turns):
-            self._check_text(record_id, text)
-            header = self._header(role)
-            ids += header
-            labels += [IGNORE_INDEX] * len(header)
-            if role == "assistant":
-                answer = self._encode(text)
-                if self.tokenizer.decode(answer) != text:
-                    raise ConversationError(record_id, f"assistant turn {i} does not survive tokenization: {text[:60]!r}",
-                                            "the tokenizer cannot represent this text; check its encoding")
-                answer.append(self.return_id if i == last_assistant else self.end_id)
-                ids += answer
-                labels += answer
+        for segment in segments:
+            if segment.user_content:
+                piece = self._user_content(segment.text, tile_counts)
+            elif segment.supervised and not segment.text.startswith("<|"):
+                piece = self._encode(segment.text)  # an answer: it must come back exactly as written
+                if self.tokenizer.decode(piece) != segment.text:
+                    raise ConversationError(record_id, f"an answer does not survive tokenization: "
+                                            f"{segment.text[:60]!r}", "the tokenizer cannot represent this text; "
+                                            "check its encoding")
+            elif segment.text.startswith(ANALYSIS_HEADER):
+                piece = self._encode(segment.text)  # thinking: differs per record, not worth caching
             else:
-                content = self._content(record_id, text, tile_counts) + [self.end_id]
-                ids += content
-                labels += [IGNORE_INDEX] * len(content)
-        if for_generation:  # a prompt: nothing in it is a training target
-            ids += self._header("assistant")
-            labels = [IGNORE_INDEX] * len(ids)
+                piece = self._encode_fixed(segment.text)
+            ids += piece
+            labels += piece if segment.supervised else [IGNORE_INDEX] * len(piece)
         if self.max_length is not None and len(ids) > self.max_length:
             raise ConversationError(record_id, f"{len(ids)} tokens exceed max_length={self.max_length}",
                                     "raise data.max_length or shorten the sample")

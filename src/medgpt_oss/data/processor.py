@@ -17,6 +17,7 @@ from medgpt_oss.data.dicom import DicomOptions
 from medgpt_oss.data.images import ImageTransform, load_frames
 from medgpt_oss.data.packing import pack
 from medgpt_oss.data.tiling import tile_image
+from medgpt_oss.harmony import ChatSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class ModelInputSpec:
     image_size: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    chat: ChatSettings = ChatSettings()  # the harmony system message's settings the model trains with
 
 
 def record_images(record: dict[str, Any]) -> list[str]:
@@ -57,7 +59,7 @@ class SampleProcessor:
         self.max_tiles = max_tiles if max_tiles and max_tiles > 1 else None
         self.dicom = DicomOptions.of(dicom)
         self.formatter = HarmonyFormatter(spec.tokenizer, spec.image_token, spec.tokens_per_image,
-                                          system_prompt=system_prompt, max_length=max_length)
+                                          system_prompt=system_prompt, max_length=max_length, chat=spec.chat)
         self.transform = ImageTransform(spec.image_size, spec.image_mean, spec.image_std)
         self.pad_id = spec.tokenizer.pad_token_id
 

@@ -31,7 +31,7 @@ def tiny_vlm(encoder: str = "clip", projector: str = "mlp2x_gelu"):
     from medgpt_oss.config import CONF_DIR
     from medgpt_oss.models.vlm import MedVLM
 
-    cfg = OmegaConf.create({"scale": "tiny", "init_seed": 0})
+    cfg = OmegaConf.create({"scale": "tiny", "init_seed": 0, "chat": OmegaConf.load(CONF_DIR / "chat/harmony.yaml")})
     cfg.encoder = OmegaConf.load(CONF_DIR / f"encoder/{encoder}.yaml")
     cfg.projector = OmegaConf.load(CONF_DIR / f"projector/{projector}.yaml")
     cfg.llm = OmegaConf.load(CONF_DIR / "llm/gpt_oss.yaml")

@@ -1,12 +1,13 @@
-"""Batched greedy decoding for a MedVLM: left padding, KV cache, stop at harmony end tokens.
+"""Batched greedy decoding for a MedVLM: left padding, KV cache, stop where a harmony reply ends.
 
-Prompts are built by the training ``SampleProcessor`` (``for_generation=True``
-ends them in ``<|start|>assistant<|channel|>final<|message|>``), images are
-spliced into the embeddings by ``MedVLM.embed``, and the LLM's own
-``generate`` decodes from ``inputs_embeds`` -- so evaluation sees exactly the
-input layout training saw. Left padding keeps every prompt's last token at the
-same position, which is what batched decoding with a KV cache needs; tests
-check that a batch decodes to the same text as one item at a time.
+Prompts are built by the training ``SampleProcessor`` (``for_generation=True`` ends them at
+``<|start|>assistant``, as the official template does: the model writes the channel itself),
+images are spliced into the embeddings by ``MedVLM.embed``, and the LLM's own ``generate``
+decodes from ``inputs_embeds`` -- so evaluation sees exactly the input layout training saw.
+The answer is the reply's ``final`` channel; a reply without one is unparseable (``None``),
+never read from the analysis channel. Left padding keeps every prompt's last token at the
+same position, which is what batched decoding with a KV cache needs; tests check that a batch
+decodes to the same text as one item at a time.
 """
 
 from __future__ import annotations
@@ -15,27 +16,41 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import re
-
 import torch
 from omegaconf import OmegaConf
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from medgpt_oss.data.processor import SampleProcessor
+from medgpt_oss.harmony import END, FINAL_HEADER, STOP_TOKENS, final_answer
 
 IMAGE_OPTIONS = ("max_tiles", "dicom")
 
-STOP_TOKENS = ("<|return|>", "<|end|>", "<|call|>")
-FINAL_HEADER = "<|channel|>final<|message|>"
-_SPECIAL = re.compile(r"<\|[a-z_]+\|>")
+
+class HarmonyReplyEnd(StoppingCriteria):
+    """Stops a row at a stop token (``<|return|>``, ``<|call|>``, ``<|endoftext|>``) or at an ``<|end|>``
+    that closes a final-channel message; an analysis message's ``<|end|>`` lets the reply go on."""
+
+    def __init__(self, tokenizer: Any, prompt_length: int) -> None:
+        self.stop_ids = [int(i) for i in tokenizer.convert_tokens_to_ids(list(STOP_TOKENS))]
+        self.end_id = int(tokenizer.convert_tokens_to_ids(END))
+        self.final_header = tokenizer(FINAL_HEADER, add_special_tokens=False)["input_ids"]
+        self.prompt_length = prompt_length  # generate with inputs_embeds passes only the new ids
+
+    def after_final_header(self, row: list[int]) -> bool:
+        n = len(self.final_header)
+        return any(row[i:i + n] == self.final_header for i in range(len(row) - n + 1))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        done = torch.isin(input_ids[:, -1], torch.tensor(self.stop_ids, device=input_ids.device))
+        for i in torch.nonzero(input_ids[:, -1] == self.end_id).flatten().tolist():
+            done[i] = self.after_final_header(input_ids[i, self.prompt_length:-1].tolist())
+        return done
 
 
-def final_channel_text(text: str) -> str:
-    """The ``final`` channel's text of a decoded harmony reply (analysis channels dropped)."""
-    if FINAL_HEADER in text:
-        text = text.rsplit(FINAL_HEADER, 1)[1]
-    for stop in STOP_TOKENS:
-        text = text.split(stop, 1)[0]
-    return _SPECIAL.sub("", text).strip()  # stray control tokens are never part of an answer
+def final_channel_text(text: str) -> str | None:
+    """The ``final`` channel's text of a decoded harmony reply; ``None`` when it has none (unparseable)."""
+    answer = final_answer(text)
+    return None if answer is None else answer.strip()
 
 
 def load_vlm(ckpt: str, device: str = "cpu"):
@@ -89,7 +104,6 @@ class Generator:
                                          dicom=dicom)
         self.tokenizer = vlm.tokenizer
         self.max_new_tokens = max_new_tokens
-        self.stop_ids = [int(self.tokenizer.convert_tokens_to_ids(t)) for t in STOP_TOKENS]
 
     @property
     def device(self) -> torch.device:
@@ -100,23 +114,31 @@ class Generator:
         return self.processor(record, for_generation=True)
 
     @torch.no_grad()
-    def generate(self, samples: Sequence[dict[str, Any]], streamer: Any = None) -> list[str]:
+    def replies(self, samples: Sequence[dict[str, Any]], streamer: Any = None) -> list[str]:
+        """The decoded replies, special tokens kept (channel headers and all)."""
         batch = self.processor.collate(list(samples), padding_side="left")
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)
         pixels = batch["pixel_values"].to(self.device) if batch["pixel_values"].numel() else None
         embeds = self.vlm.embed(input_ids, pixels)
+        stop = HarmonyReplyEnd(self.tokenizer, prompt_length=0)
         out = self.vlm.llm.model.generate(
             inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=self.max_new_tokens,
-            do_sample=False, eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-            use_cache=True, streamer=streamer,
+            do_sample=False, eos_token_id=stop.stop_ids, stopping_criteria=StoppingCriteriaList([stop]),
+            pad_token_id=self.tokenizer.pad_token_id, use_cache=True, streamer=streamer,
         )
         # Given only inputs_embeds, generate returns the new tokens alone.
-        return [self.decode(row) for row in out.tolist()]
+        return [self.decode_reply(row) for row in out.tolist()]
 
-    def decode(self, ids: list[int]) -> str:
+    def generate(self, samples: Sequence[dict[str, Any]], streamer: Any = None) -> list[str | None]:
+        """The final-channel answers (``None`` for a reply without a final channel)."""
+        return [final_channel_text(reply) for reply in self.replies(samples, streamer)]
+
+    def decode_reply(self, ids: list[int]) -> str:
+        """A row of generated ids up to where the reply ended (rows that ended early are padded)."""
+        stop = HarmonyReplyEnd(self.tokenizer, prompt_length=0)
         for i, tok in enumerate(ids):
-            if tok in self.stop_ids:
-                ids = ids[:i]
+            if tok in stop.stop_ids or (tok == stop.end_id and stop.after_final_header(ids[:i])):
+                ids = ids[:i + 1]
                 break
-        return final_channel_text(self.tokenizer.decode(ids, skip_special_tokens=False))
+        return self.tokenizer.decode(ids, skip_special_tokens=False)

@@ -18,7 +18,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from medgpt_oss.models.attention import FLEX, packed_block_masks  # importing registers attn_implementation="flex"
 from medgpt_oss.models.hub import check_scale, resolve_pretrained
 from medgpt_oss.models.loss import chunked_cross_entropy
-from medgpt_oss.models.tokenizer import HARMONY_SPECIAL_TOKENS, IMAGE_TOKEN, TINY_TOKENIZER_DIR
+from medgpt_oss.harmony import IMAGE_TOKEN, ChatSettings, add_format_tokens
+from medgpt_oss.models.tokenizer import TINY_TOKENIZER_DIR
 
 
 def _dtype(name: str | None) -> torch.dtype | None:
@@ -40,8 +41,13 @@ class LanguageModel(nn.Module):
         init_seed: int = 0,
         lora: dict[str, Any] | None = None,
         loss_chunk_size: int | None = None,
+        chat: ChatSettings | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        # The harmony system message's settings (date, reasoning effort, identity): part of the model's
+        # input format, so they travel with it into checkpoints, data, evaluation and exports.
+        self.chat = ChatSettings.of(OmegaConf.to_container(chat) if isinstance(chat, DictConfig) else chat)
+        self.init_seed = int(init_seed)
         # Set: the training loss runs the output head in chunks of this many supervised tokens (models/loss.py)
         # and forward(labels=...) returns the loss without logits. None: the plain transformers loss.
         self.loss_chunk_size = loss_chunk_size
@@ -73,17 +79,59 @@ class LanguageModel(nn.Module):
             self._apply_lora(self.lora_config)
 
     def _register_special_tokens(self, image_token: str) -> None:
-        """Make sure the harmony control tokens and the image sentinel exist (any tokenizer)."""
-        vocab = self.tokenizer.get_vocab()
-        missing = [t for t in HARMONY_SPECIAL_TOKENS + [image_token] if t not in vocab]
-        if missing:
-            self.tokenizer.add_special_tokens({"additional_special_tokens": missing},
-                                              replace_extra_special_tokens=False)
-        # GPT-oss-20B has 201,088 embedding rows for ~200k tokens, so no resize is needed there.
-        if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
-            self.model.resize_token_embeddings(len(self.tokenizer))
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        """Give the tokenizer the image token (and, if it lacks them, harmony's control tokens).
+
+        GPT-oss has 201,088 embedding rows for 200,019 tokens: the new token takes a spare row and
+        nothing is resized. Only a tokenizer without spare rows grows the embeddings (see
+        :meth:`_grow_embeddings`); ``added_rows`` then holds the first new row.
+        """
+        add_format_tokens(self.tokenizer, image_token)
+        rows = self.model.get_input_embeddings().num_embeddings
+        self.added_rows: int | None = None
+        if len(self.tokenizer) > rows:
+            self._grow_embeddings(rows, len(self.tokenizer))
+
+    def _grow_embeddings(self, old: int, new: int) -> None:
+        """Resize to ``new`` rows; rows ``old..new-1`` drawn from the old rows' per-dimension mean and std
+        with a generator seeded by ``init_seed``: the same rows on every build, whatever the global RNG,
+        and the checkpoints save them too (:meth:`added_rows_state`)."""
+        self.model.resize_token_embeddings(new, mean_resizing=False)
+        generator = torch.Generator().manual_seed(self.init_seed)
+        with torch.no_grad():
+            for matrix in self._row_matrices():
+                base = matrix[:old].float()
+                noise = torch.randn(new - old, matrix.shape[1], generator=generator)
+                matrix[old:] = (base.mean(0) + noise * base.std(0)).to(matrix.dtype)
+        self.added_rows = old
+
+    def _row_matrices(self) -> list[torch.Tensor]:
+        """The input embedding and (when not tied to it) the output head: the matrices with a row per token."""
+        matrices = [self.model.get_input_embeddings().weight]
+        head = self.model.get_output_embeddings()
+        if head is not None and head.weight is not matrices[0]:
+            matrices.append(head.weight)
+        return matrices
+
+    def added_rows_state(self) -> dict[str, torch.Tensor]:
+        """The rows this model added to its embedding matrices (empty when it used spare rows)."""
+        if self.added_rows is None:
+            return {}
+        return {str(i): m[self.added_rows:].detach().clone() for i, m in enumerate(self._row_matrices())}
+
+    def load_added_rows(self, state: dict[str, torch.Tensor]) -> None:
+        if not state:
+            return
+        matrices = self._row_matrices()
+        if self.added_rows is None or set(state) != {str(i) for i in range(len(matrices))}:
+            raise ValueError("the checkpoint holds added embedding rows this model does not have; build it with the "
+                             "same llm and tokenizer as the run that wrote it")
+        with torch.no_grad():
+            for i, matrix in enumerate(matrices):
+                rows = state[str(i)]
+                if rows.shape != matrix[self.added_rows:].shape:
+                    raise ValueError(f"added embedding rows {tuple(rows.shape)} do not fit this model's "
+                                     f"{tuple(matrix[self.added_rows:].shape)}; same llm and tokenizer needed")
+                matrix[self.added_rows:] = rows.to(matrix.dtype)
 
     def _quantize(self, kind: str) -> None:
         """QLoRA: reload the model's linear layers as bitsandbytes 4-bit (same loading path as real weights)."""

@@ -1,10 +1,13 @@
-"""The tiny harmony tokenizer: a small byte-level BPE with GPT-oss's special tokens.
+"""The tiny harmony tokenizer: a small byte-level BPE shaped like GPT-oss's o200k_harmony.
 
-GPT-oss speaks the harmony chat format (o200k_harmony vocabulary). At tiny scale
-we ship a ~1k-token byte-level BPE trained on MedSynth text that has the same
-special tokens and the same chat template, saved as an ordinary
-``PreTrainedTokenizerFast`` folder, so it loads through ``AutoTokenizer`` exactly
-like the real one. Byte-level means any UTF-8 text round-trips exactly.
+Shaped like the real one where it matters: ordinary tokens first, then harmony's special
+tokens in o200k_harmony's order (reserved ones included) as the last ids, eos ``<|return|>``,
+pad ``<|endoftext|>``, bos ``<|startoftext|>``, and the official chat template's layout; the
+tiny GPT-oss config has more embedding rows than tokens (``llm.tiny.vocab_size``), as the real
+model has 201,088 rows for 200,019 tokens. The image token is not in it: the model adds it at
+load time, into a spare row, exactly as it does to the real tokenizer. Saved as an ordinary
+``PreTrainedTokenizerFast`` folder, so it loads through ``AutoTokenizer`` like the real one;
+byte-level, so any UTF-8 text round-trips exactly.
 
 Rebuild the shipped asset with ``python -m medgpt_oss.models.tokenizer``.
 """
@@ -17,63 +20,47 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-TINY_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_harmony_tokenizer"
-
-# Harmony's special tokens (as in openai/gpt-oss-20b's tokenizer), plus the image sentinel.
-HARMONY_SPECIAL_TOKENS = [
-    "<|startoftext|>",
-    "<|endoftext|>",
-    "<|return|>",
-    "<|constrain|>",
-    "<|channel|>",
-    "<|start|>",
-    "<|end|>",
-    "<|message|>",
-    "<|call|>",
-    "<|endofprompt|>",
-]
-IMAGE_TOKEN = "<|image|>"
-
-# A harmony chat template: system/user turns as <|start|>role<|message|>…<|end|>,
-# assistant answers in the final channel; the last assistant turn of a training
-# conversation ends with <|return|>. Mirrors medgpt_oss.data.conversation exactly.
-HARMONY_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "<|start|>assistant<|channel|>final<|message|>{{ message['content'] }}"
-    "{%- if loop.last -%}<|return|>{%- else -%}<|end|>{%- endif -%}"
-    "{%- else -%}"
-    "<|start|>{{ message['role'] }}<|message|>{{ message['content'] }}<|end|>"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|start|>assistant<|channel|>final<|message|>{%- endif -%}"
+from medgpt_oss.harmony import (
+    END_OF_TEXT,
+    IMAGE_TOKEN,
+    RETURN,
+    SPECIAL_TOKENS,
+    START_OF_TEXT,
+    ChatSettings,
+    add_format_tokens,
+    chat_template,
+    developer_message,
+    system_message,
 )
 
+TINY_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_harmony_tokenizer"
 
-def build_tiny_harmony_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on ``texts`` and wrap it with harmony's special tokens."""
+
+def load_tokenizer(path: str | Path | None = None, image_token: str = IMAGE_TOKEN) -> PreTrainedTokenizerFast:
+    """A tokenizer folder (default: the tiny one) with the image token added as the model adds it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path or TINY_TOKENIZER_DIR)
+    add_format_tokens(tokenizer, image_token)
+    return tokenizer
+
+
+def build_tiny_harmony_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE of ``vocab_size`` ordinary tokens on ``texts``; harmony's special tokens follow."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    special = HARMONY_SPECIAL_TOKENS + [IMAGE_TOKEN]
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     core.train_from_iterator(texts, trainer=trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token="<|startoftext|>",
-        eos_token="<|return|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=[t for t in special if t not in ("<|startoftext|>", "<|return|>", "<|endoftext|>")],
-        clean_up_tokenization_spaces=False,
-    )
-    tok.chat_template = HARMONY_CHAT_TEMPLATE
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, clean_up_tokenization_spaces=False)
+    # Added after training, so they take the last ids in o200k_harmony's order, as in GPT-oss's tokenizer.
+    tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)}, replace_extra_special_tokens=False)
+    tok.bos_token, tok.eos_token, tok.pad_token = START_OF_TEXT, RETURN, END_OF_TEXT
+    tok.chat_template = chat_template(ChatSettings())  # the official layout; text only, like the real one
     return tok
 
 
@@ -84,12 +71,17 @@ def tokenizer_corpus(seed: int = 0) -> list[str]:
 
     from medgpt_oss.data.synthetic import generate_medsynth
 
+    # The format's fixed text, as often as every sample carries it (special tokens are split off before
+    # BPE, so train on the words between them): the system message then costs a few tokens, not 70.
+    fixed = [piece for text in (system_message(ChatSettings()), developer_message(_CLINICAL_PROSE[0]))
+             for piece in text.replace("<|", "\0").replace("|>", "\0").split("\0") if piece]
     texts = list(_CLINICAL_PROSE)
     with tempfile.TemporaryDirectory() as tmp:
         root = generate_medsynth(tmp, seed=seed, n_train=300, n_val=0, n_test=0)
         for line in (Path(root) / "train.jsonl").read_text().splitlines():
             record = json.loads(line)
             texts.extend(turn["value"].replace("<image>", "") for turn in record["conversations"])
+            texts.extend(fixed)
     return texts
 
 
@@ -111,7 +103,7 @@ _CLINICAL_PROSE = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=TINY_TOKENIZER_DIR)
-    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--vocab-size", type=int, default=1000, help="ordinary tokens (special tokens come after)")
     args = parser.parse_args()
     tok = build_tiny_harmony_tokenizer(tokenizer_corpus(), vocab_size=args.vocab_size)
     tok.save_pretrained(args.out)

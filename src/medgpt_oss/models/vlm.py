@@ -58,6 +58,7 @@ class MedVLM(nn.Module):
             image_size=self.encoder.image_size,
             image_mean=tuple(self.encoder.image_mean),
             image_std=tuple(self.encoder.image_std),
+            chat=self.llm.chat,
         )
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,9 @@ from medgpt_oss.data.conversation import IGNORE_INDEX
 from medgpt_oss.models.vlm import COMPONENTS, MedVLM
 
 
+ADDED_ROWS_KEY = "added_token_rows"
+
+
 def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
@@ -75,7 +78,8 @@ class VLMStage(L.LightningModule):
         path = Path(ckpt_path)
         if not path.is_file():
             raise FileNotFoundError(f"init_from checkpoint '{ckpt_path}' does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = checkpoint["state_dict"]
         own = self.state_dict()
         unknown = sorted(set(state) - set(own))
         if unknown:
@@ -83,6 +87,7 @@ class VLMStage(L.LightningModule):
                 f"init_from '{ckpt_path}' has {len(unknown)} weights this model lacks, e.g. {unknown[:3]}; "
                 "use the same encoder/projector/llm/lora choices as the previous stage"
             )
+        self.vlm.llm.load_added_rows(checkpoint.get(ADDED_ROWS_KEY, {}))
         self.load_state_dict(state, strict=False)
         self.saved_keys |= set(state)
         rank_zero_info(f"initialised {len(state)} tensors from previous stage {ckpt_path}")
@@ -184,6 +189,9 @@ class VLMStage(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["stage_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self.saved_keys}
+        # Embedding rows the LLM had to add for the image token (a tokenizer without spare rows): seeded, and
+        # saved anyway, so a reload never depends on how they were initialised.
+        checkpoint[ADDED_ROWS_KEY] = self.vlm.llm.added_rows_state()
         # Lightning does not save RNG states; dropout (e.g. LoRA's) must continue the same stream.
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
@@ -195,6 +203,7 @@ class VLMStage(L.LightningModule):
         missing = self.trainable_state_keys() - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} trainable weights, e.g. {sorted(missing)[:3]}")
+        self.vlm.llm.load_added_rows(checkpoint.get(ADDED_ROWS_KEY, {}))  # before the state dict, which may train them
         self.saved_keys |= set(checkpoint["state_dict"])
         self._rng_to_restore = checkpoint.get("rng_states")
 
