@@ -4,15 +4,17 @@
     python -m medgpt_oss.export ckpt=<ckpt> out=<dir> dtype=bfloat16
     python -m medgpt_oss.export ckpt=<ckpt> out=<dir> merge_lora=false   # adapter kept in <dir>/lora_adapter
 
-The folder holds ``config.json`` + ``model.safetensors`` (weights under the MedVLM's own
-names: ``encoder.*``, ``projector.*``, ``llm.*``; LoRA merged by default), the tokenizer
-with a chat template that writes the image tokens for each ``<image>``, a
-``preprocessor_config.json`` (``CLIPImageProcessor``: the encoder's size, mean, std,
-bicubic resize) and a README. Load it with::
+Two formats (``format=auto`` picks the first that fits):
 
-    import medgpt_oss  # registers the model type with transformers' Auto classes
-    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
-    model = AutoModelForImageTextToText.from_pretrained(out)
+* ``llava`` -- a CLIP/SigLIP encoder + ``mlp2x_gelu`` projector (untiled) *is* transformers'
+  ``LlavaForConditionalGeneration`` (:mod:`medgpt_oss.models.llava`): the folder loads with
+  transformers alone (``AutoProcessor`` + ``AutoModelForImageTextToText``) and so in serving
+  tools that know LLaVA. The processor's chat template is the harmony format the model trained with.
+* ``medgpt_oss`` -- every other model (BiomedCLIP, ``linear``/``pixel_shuffle`` projectors,
+  tiles, an unmerged adapter): our own class (:mod:`medgpt_oss.models.hf`), weights under the
+  MedVLM's names, loaded after ``import medgpt_oss.models.hf``.
+
+Each folder has a README.md model card that says which loader it needs.
 """
 
 from __future__ import annotations
@@ -30,38 +32,11 @@ from omegaconf import DictConfig
 
 from medgpt_oss.config import CONF_DIR
 
+FORMATS = ("auto", "llava", "medgpt_oss")
+
 
 class ExportError(ValueError):
     """An export that cannot be done as asked (the message says what to change)."""
-
-
-def export_chat_template(image_token: str, tokens_per_image: int) -> str:
-    """The harmony template of :class:`~medgpt_oss.data.conversation.HarmonyFormatter`, plus images.
-
-    Each ``<image>`` in a user/system message (or ``{"type": "image"}`` part of a list content)
-    becomes ``tokens_per_image`` image tokens, so ``apply_chat_template`` gives the exact ids the
-    model was trained on.
-    """
-    image_run = image_token * tokens_per_image
-    return (
-        "{%- macro render(content) -%}"
-        "{%- if content is string -%}{{ content | replace('<image>', '" + image_run + "') }}"
-        "{%- else -%}{%- for part in content -%}"
-        "{%- if part['type'] == 'image' -%}" + image_run +
-        "{%- elif part['type'] == 'text' -%}{{ part['text'] | replace('<image>', '" + image_run + "') }}"
-        "{%- endif -%}"
-        "{%- endfor -%}{%- endif -%}"
-        "{%- endmacro -%}"
-        "{%- for message in messages -%}"
-        "{%- if message['role'] == 'assistant' -%}"
-        "<|start|>assistant<|channel|>final<|message|>{{ render(message['content']) }}"
-        "{%- if loop.last -%}<|return|>{%- else -%}<|end|>{%- endif -%}"
-        "{%- else -%}"
-        "<|start|>{{ message['role'] }}<|message|>{{ render(message['content']) }}<|end|>"
-        "{%- endif -%}"
-        "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}<|start|>assistant<|channel|>final<|message|>{%- endif -%}"
-    )
 
 
 def _check_out(out: str | Path, overwrite: bool) -> bool:
@@ -77,7 +52,8 @@ def _check_out(out: str | Path, overwrite: bool) -> bool:
     if not (out.is_dir() and any(out.iterdir())):
         return False
     config = out / "config.json"
-    is_export = config.is_file() and json.loads(config.read_text()).get("model_type") == MODEL_TYPE
+    written = json.loads(config.read_text()) if config.is_file() else {}
+    is_export = written.get("model_type") == MODEL_TYPE or "medgpt_oss" in written
     if not (overwrite and is_export):
         raise ExportError(
             f"out='{out}' is not empty; choose a new folder"
@@ -122,6 +98,36 @@ def _keeps_fp32(name: str, modules: set[str]) -> bool:
     return any(re.search(rf"(^|\.){re.escape(m)}(\.|$)", name) for m in modules)
 
 
+def _cast(model: Any, state: dict[str, Any], dtype: Any) -> dict[str, Any]:
+    """``state`` in ``dtype`` by transformers' own rule (PreTrainedModel._get_dtype_plan): the model's "strict"
+    fp32 modules stay fp32 in fp16 and bf16, the others only in fp16."""
+    import torch
+
+    if dtype is None:
+        return state
+    keep = set(model._keep_in_fp32_modules_strict or ()) if dtype in (torch.float16, torch.bfloat16) else set()
+    if dtype == torch.float16:
+        keep |= set(model._keep_in_fp32_modules or ())
+    return {k: v.to(dtype) if v.is_floating_point() and not _keeps_fp32(k, keep) else v for k, v in state.items()}
+
+
+def choose_format(vlm: Any, fmt: str = "auto", merge_lora: bool = True, max_tiles: int | None = None) -> str:
+    """``llava`` when the model is LLaVA and that is allowed, else ``medgpt_oss``; ``fmt=llava`` on a model
+    that does not fit is an error saying why."""
+    from medgpt_oss.models.llava import llava_incompatibility
+
+    if fmt not in FORMATS:
+        raise ExportError(f"format='{fmt}': use one of {FORMATS}")
+    if fmt == "medgpt_oss":
+        return fmt
+    reason = llava_incompatibility(vlm, max_tiles)
+    if reason is None and not merge_lora and vlm.llm.lora_config:
+        reason = "merge_lora=false keeps the adapter apart, and a LLaVA folder holds merged weights only"
+    if reason is not None and fmt == "llava":
+        raise ExportError(f"format=llava does not fit this model: {reason}; use format=auto or medgpt_oss")
+    return "llava" if reason is None else "medgpt_oss"
+
+
 def export_vlm(
     vlm: Any,
     model_cfg: dict[str, Any],
@@ -130,21 +136,22 @@ def export_vlm(
     dtype: str | None = None,
     source: dict[str, Any] | None = None,
     overwrite: bool = False,
+    format: str = "auto",
+    max_tiles: int | None = None,
 ) -> Path:
     """Write ``vlm`` (a :class:`MedVLM` built from ``model_cfg``) as a transformers folder.
 
     A LoRA-wrapped LLM is merged into its base weights (``merge_lora=True``) or saved as a
     separate adapter in ``<out>/lora_adapter`` next to the base weights. Either way ``vlm``'s
-    LLM is unwrapped in place, so pass a model you do not train further.
+    LLM is unwrapped in place, so pass a model you do not train further. ``max_tiles``: the
+    training run's ``data.max_tiles`` (a tiled model is not LLaVA).
     """
-    import torch
     from peft import PeftModel
-    from transformers import CLIPImageProcessor
-    from transformers import initialization as hf_init
 
-    from medgpt_oss.models.hf import ADAPTER_DIR, MedVLMForConditionalGeneration, config_from_vlm
+    from medgpt_oss.models.hf import ADAPTER_DIR
 
     target_dtype = _torch_dtype(dtype)
+    fmt = choose_format(vlm, format, merge_lora, max_tiles)
     out = _prepare_out(out, overwrite)
 
     source, model_cfg = _plain(dict(source or {})), _plain(dict(model_cfg))
@@ -161,27 +168,45 @@ def export_vlm(
             vlm.llm.model = peft_model.unload()
         vlm.llm.lora_config = None
     source["lora_merged"] = bool(lora) and merge_lora
+    source["format"] = fmt
+    if fmt == "llava":
+        _write_llava(vlm, out, source, target_dtype)
+    else:
+        _write_medgpt_oss(vlm, model_cfg, out, source, target_dtype)
+    return out
+
+
+def _write_llava(vlm: Any, out: Path, source: dict[str, Any], dtype: Any) -> None:
+    from medgpt_oss.models.llava import build_llava, llava_processor
+
+    model, state = build_llava(vlm, provenance={"chat": vlm.llm.chat.to_dict(), "source": source})
+    model.load_state_dict(_cast(model, state, dtype), strict=True, assign=True)
+    model.config.dtype = dtype or vlm.llm.model.get_input_embeddings().weight.dtype
+    model.save_pretrained(out)
+    llava_processor(vlm).save_pretrained(out)
+    (out / "README.md").write_text(model_card(vlm, source, loader="llava"))
+
+
+def _write_medgpt_oss(vlm: Any, model_cfg: dict[str, Any], out: Path, source: dict[str, Any], dtype: Any) -> None:
+    import torch
+    from transformers import CLIPImageProcessor
+    from transformers import initialization as hf_init
+
+    from medgpt_oss.harmony import chat_template
+    from medgpt_oss.models.hf import ADAPTER_DIR, MedVLMForConditionalGeneration, config_from_vlm
 
     config = config_from_vlm(vlm, model_cfg, source=source)
     # Built on the meta device (no memory, no init), then given the trained tensors themselves:
     # a strict load proves that every weight name lines up with what the loader will build.
     with torch.device("meta"), hf_init.meta_device_safe_creation_ops():
         model = MedVLMForConditionalGeneration(config)
-    state = vlm.state_dict()
-    if target_dtype is not None:
-        # transformers' own rule (PreTrainedModel._get_dtype_plan): the parts' "strict" fp32 modules stay
-        # fp32 in fp16 and bf16, the others only in fp16.
-        keep = set(model._keep_in_fp32_modules_strict) if target_dtype in (torch.float16, torch.bfloat16) else set()
-        if target_dtype == torch.float16:
-            keep |= set(model._keep_in_fp32_modules)
-        state = {k: v.to(target_dtype) if v.is_floating_point() and not _keeps_fp32(k, keep) else v
-                 for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    model.config.dtype = target_dtype or vlm.llm.model.get_input_embeddings().weight.dtype
+    model.load_state_dict(_cast(model, vlm.state_dict(), dtype), strict=True, assign=True)
+    model.config.dtype = dtype or vlm.llm.model.get_input_embeddings().weight.dtype
     model.save_pretrained(out)
 
     tokenizer = copy.deepcopy(vlm.tokenizer)
-    tokenizer.chat_template = export_chat_template(config.image_token, config.tokens_per_image)
+    # A bare tokenizer (no processor) writes each image's whole token run itself.
+    tokenizer.chat_template = chat_template(vlm.llm.chat, image_text=config.image_token * config.tokens_per_image)
     tokenizer.save_pretrained(out)
     encoder = config.encoder
     size = {"height": encoder["image_size"], "width": encoder["image_size"]}
@@ -192,45 +217,29 @@ def export_vlm(
         rescale_factor=1 / 255, do_normalize=True, image_mean=list(encoder["image_mean"]),
         image_std=list(encoder["image_std"]), do_convert_rgb=True,
     ).save_pretrained(out)
-    (out / "README.md").write_text(model_card(config, adapter=(out / ADAPTER_DIR).is_dir()))
-    return out
+    (out / "README.md").write_text(model_card(vlm, source, loader="medgpt_oss", adapter=(out / ADAPTER_DIR).is_dir()))
 
 
-def model_card(config: Any, adapter: bool) -> str:
-    source = config.source or {}
-    encoder, projector = config.encoder, config.projector
-    lora = source.get("lora")
-    lora_line = ("none" if not lora else f"rank {lora.get('rank')} on {lora.get('target_modules')}, "
-                 + ("merged into the weights" if source.get("lora_merged") else "kept separate in `lora_adapter/`"))
-    load_adapter = (
-        "\nfrom medgpt_oss.models.hf import attach_lora_adapter\nattach_lora_adapter(model)  # adds lora_adapter/\n"
-        if adapter else "\n"
-    )
-    return f"""---
-library_name: transformers
-pipeline_tag: image-text-to-text
-tags: [medgpt-oss, medical, vision-language]
----
+_LLAVA_USE = """```python
+# transformers alone: no medgpt-oss install needed
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
-# MedGPT-oss export
+processor = AutoProcessor.from_pretrained("<this folder>")
+model = AutoModelForImageTextToText.from_pretrained("<this folder>")   # LlavaForConditionalGeneration
+messages = [{{"role": "user", "content": [{{"type": "image", "image": Image.open("cxr.png")}},
+                                          {{"type": "text", "text": "Is there a pleural effusion?"}}]}}]
+inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                       return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=256)
+print(processor.decode(out[0, inputs["input_ids"].shape[1]:]))   # <|channel|>final<|message|>...<|return|>
+```
 
-A biomedical vision-language model trained with [medgpt-oss](https://arxiv.org/abs/2603.00842):
-vision encoder -> projector -> LLM, images spliced into the text as runs of `{config.image_token}`.
+The architecture is transformers' own `LlavaForConditionalGeneration` with a `{text_type}` text
+model, so LLaVA-aware servers (vLLM, SGLang) can load it as they load other LLaVA checkpoints."""
 
-| part | base |
-|---|---|
-| vision encoder | `{encoder['pretrained']}` (`{encoder['class']}`, {encoder['image_size']} px, feature layer {encoder['feature_layer']}) |
-| projector | `{projector['class']}` {projector['kwargs']} ({config.tokens_per_image} tokens per image) |
-| LLM | `{source.get('llm_pretrained', '?')}` (`{config.text_config.model_type}`) |
-| LoRA | {lora_line} |
-
-- stage: `{source.get('stage', '?')}` (scale `{source.get('scale', '?')}`)
-- checkpoint: `{source.get('checkpoint', '?')}`
-
-## Use
-
-```python
-import medgpt_oss  # registers the model type with transformers' Auto classes (no trust_remote_code)
+_MEDGPT_OSS_USE = """```python
+import medgpt_oss.models.hf  # registers this model type with transformers' Auto classes (no trust_remote_code)
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
 model = AutoModelForImageTextToText.from_pretrained("<this folder>"){load_adapter}tokenizer = AutoTokenizer.from_pretrained("<this folder>")
@@ -240,12 +249,63 @@ messages = [{{"role": "user", "content": "<image>\\nIs there a nodule?"}}]
 ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
                                     return_tensors="pt")["input_ids"]
 pixels = processor(images=[image], return_tensors="pt")["pixel_values"]
-out = model.generate(ids, pixel_values=pixels, max_new_tokens=64)
-print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+out = model.generate(ids, pixel_values=pixels, max_new_tokens=256)
+print(tokenizer.decode(out[0, ids.shape[1]:]))   # <|channel|>final<|message|>...<|return|>
 ```
 
-The chat template is the harmony layout the model was trained on (answers in the `final`
-channel); each `<image>` becomes {config.tokens_per_image} image tokens, one image per `<image>`, in order.
+This model is not one of transformers' architectures ({why}), so it needs the `medgpt-oss`
+package (`pip install medgpt-oss`); each `<image>` becomes {tokens} image tokens, in order."""
+
+
+def model_card(vlm: Any, source: dict[str, Any], loader: str, adapter: bool = False) -> str:
+    from medgpt_oss.models.llava import llava_incompatibility
+
+    encoder, projector, chat = vlm.encoder, vlm.projector, vlm.llm.chat
+    lora = source.get("lora")
+    lora_line = ("none" if not lora else f"rank {lora.get('rank')} on {lora.get('target_modules')}, "
+                 + ("merged into the weights" if source.get("lora_merged") else "kept separate in `lora_adapter/`"))
+    if loader == "llava":
+        use = _LLAVA_USE.format(text_type=vlm.llm.model.config.model_type)
+        architecture = "`LlavaForConditionalGeneration` (transformers)"
+    else:
+        load_adapter = ("\nfrom medgpt_oss.models.hf import attach_lora_adapter\nattach_lora_adapter(model)  "
+                        "# adds lora_adapter/\n" if adapter else "\n")
+        why = llava_incompatibility(vlm) or "the adapter is kept apart"
+        use = _MEDGPT_OSS_USE.format(load_adapter=load_adapter, why=why, tokens=vlm.tokens_per_image)
+        architecture = "`MedVLMForConditionalGeneration` (medgpt-oss)"
+    return f"""---
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [medgpt-oss, medical, vision-language]
+---
+
+# MedGPT-oss export
+
+A biomedical vision-language model trained with [medgpt-oss](https://arxiv.org/abs/2603.00842):
+vision encoder -> projector -> LLM, images spliced into the text as runs of `{vlm.llm.image_token}`.
+
+| part | base |
+|---|---|
+| architecture | {architecture} |
+| vision encoder | `{encoder.pretrained_id}` (`{type(encoder).__name__}`, {encoder.image_size} px, feature layer {encoder.feature_layer}) |
+| projector | `{type(projector).__name__}` ({vlm.tokens_per_image} tokens per image) |
+| LLM | `{source.get('llm_pretrained', '?')}` (`{vlm.llm.model.config.model_type}`) |
+| LoRA | {lora_line} |
+
+- stage: `{source.get('stage', '?')}` (scale `{source.get('scale', '?')}`)
+- checkpoint: `{source.get('checkpoint', '?')}`
+
+## Use
+
+{use}
+
+## Chat format
+
+GPT-oss's harmony format as its official chat template writes it: a system message (`{chat.model_identity}`,
+knowledge cutoff, `Current date: {chat.date}`, `Reasoning: {chat.reasoning_effort}`), an optional developer
+`# Instructions` message, and answers in the `final` channel. The chat template defaults to the settings the
+model trained with; pass `current_date=`, `reasoning_effort=` or `model_identity=` to `apply_chat_template` to
+change them. A reply is read from its `final` channel.
 """
 
 
@@ -255,6 +315,7 @@ def export(
     merge_lora: bool = True,
     dtype: str | None = None,
     overwrite: bool = False,
+    format: str = "auto",
 ) -> Path:
     """Export a stage checkpoint (any stage; the checkpoint names its class) to ``out``."""
     ckpt_path = Path(ckpt)
@@ -265,6 +326,9 @@ def export(
         )
     _check_out(out, overwrite)  # fail before the (slow) model load
     _torch_dtype(dtype)
+    if format not in FORMATS:
+        raise ExportError(f"format='{format}': use one of {FORMATS}")
+    from medgpt_oss.eval.generation import training_image_options
     from medgpt_oss.stages.base import load_stage
 
     stage = load_stage(str(ckpt_path))
@@ -277,8 +341,9 @@ def export(
         "llm_pretrained": stage.vlm.llm.pretrained_id,
         "scale": (model_cfg.get("llm") or {}).get("scale"),
     }
+    max_tiles = training_image_options(ckpt_path).get("max_tiles")
     return export_vlm(stage.vlm, model_cfg, out, merge_lora=merge_lora, dtype=dtype, source=source,
-                      overwrite=overwrite)
+                      overwrite=overwrite, format=format, max_tiles=max_tiles)
 
 
 def describe_folder(out: Path) -> str:
@@ -298,7 +363,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     try:
         out = export(cfg.ckpt, cfg.out, merge_lora=cfg.merge_lora, dtype=cfg.get("dtype"),
-                     overwrite=cfg.get("overwrite", False))
+                     overwrite=cfg.get("overwrite", False), format=cfg.get("format", "auto"))
     except (FileNotFoundError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

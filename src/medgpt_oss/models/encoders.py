@@ -48,6 +48,7 @@ class VisionEncoder(nn.Module):
         pretrained: hub id or local folder (recorded as ``pretrained_id``).
         scale: ``"full"`` loads ``pretrained``; ``"tiny"`` builds from ``tiny``, random init.
         tiny: config overrides for the tiny model (unknown keys are rejected).
+        tower / image_mean / image_std: wrap this already-built model instead (its weights as they are).
         feature_layer: hidden-state index to return (see the module docstring).
         init_seed: seed of the tiny random init.
         dtype: torch dtype name for full-scale loading (default float32).
@@ -73,12 +74,17 @@ class VisionEncoder(nn.Module):
         feature_layer: int = -2,
         init_seed: int = 0,
         dtype: str | None = None,
+        tower: nn.Module | None = None,
+        image_mean: Triple | None = None,
+        image_std: Triple | None = None,
     ) -> None:
         super().__init__()
         self.pretrained_id = str(pretrained)
         self.scale = check_scale(scale)
         self.feature_layer = int(feature_layer)
-        if self.scale == "full":
+        if tower is not None:  # an already-built tower (e.g. of a loaded LLaVA export): nothing built or loaded
+            self._adopt(tower, image_mean, image_std)
+        elif self.scale == "full":
             folder = resolve_pretrained(self.pretrained_id, OVERRIDE_KEY)  # before any building
             # float32 unless asked: transformers 5 would otherwise load in whatever dtype the
             # hub repo happens to be stored in ("auto").
@@ -115,6 +121,9 @@ class VisionEncoder(nn.Module):
 
     def _build_tiny(self, tiny: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def _adopt(self, tower: nn.Module, mean: Triple | None, std: Triple | None) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot wrap an already-built tower")
 
     def _hidden_states(self, pixel_values: Tensor, index: int) -> Tensor:
         """Patch tokens of hidden state ``index`` (0 = embeddings, i = block i)."""
@@ -176,6 +185,11 @@ class _HFVisionEncoder(VisionEncoder):
         _check_keys(tiny, set(self.config_cls().to_dict()), self.config_cls.__name__)
         config = self.config_cls(**{**tiny, **self.config_overrides})
         self._set_model(self.model_cls(config), self.default_mean, self.default_std)
+
+    def _adopt(self, tower: nn.Module, mean: Triple | None, std: Triple | None) -> None:
+        if not isinstance(tower, self.model_cls):
+            raise TypeError(f"{type(self).__name__} wraps a {self.model_cls.__name__}, not {type(tower).__name__}")
+        self._set_model(tower, tuple(map(float, mean or self.default_mean)), tuple(map(float, std or self.default_std)))
 
     def _set_model(self, model: nn.Module, mean: Triple, std: Triple) -> None:
         cfg = model.config

@@ -37,8 +37,8 @@ from transformers import (
     PreTrainedModel,
 )
 
+from medgpt_oss.harmony import IMAGE_TOKEN, STOP_TOKENS, ChatSettings
 from medgpt_oss.models.llm import LanguageModel
-from medgpt_oss.models.tokenizer import IMAGE_TOKEN
 
 MODEL_TYPE = "medgpt_oss_vlm"
 ADAPTER_DIR = "lora_adapter"  # where an unmerged LoRA adapter goes inside an export folder
@@ -64,6 +64,7 @@ class MedVLMConfig(PreTrainedConfig):
         llm_attn_implementation: the attention the LLM trained with; used unless the caller
             asks for another one (``from_pretrained(..., attn_implementation=...)``).
         eos_token_id / pad_token_id: generation defaults (the tokenizer's stop and pad tokens).
+        chat: the harmony system message's settings the model trained with (``ChatSettings``).
         source: provenance (stage, checkpoint, base models, LoRA); informational only.
     """
 
@@ -81,6 +82,7 @@ class MedVLMConfig(PreTrainedConfig):
     llm_attn_implementation: str | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
+    chat: dict | None = None
     source: dict | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -132,7 +134,8 @@ class ExportedLanguageModel(LanguageModel):
     """:class:`LanguageModel` rebuilt from a transformers config: same module tree and weight names,
     same forward (packed-row masks included), but no tokenizer and no pretrained weights."""
 
-    def __init__(self, text_config: PreTrainedConfig, image_token: str, image_token_id: int) -> None:
+    def __init__(self, text_config: PreTrainedConfig, image_token: str, image_token_id: int,
+                 model: nn.Module | None = None, chat: dict[str, Any] | None = None) -> None:
         nn.Module.__init__(self)
         self.pretrained_id = getattr(text_config, "_name_or_path", "") or "exported"
         self.tokenizer = None
@@ -140,7 +143,9 @@ class ExportedLanguageModel(LanguageModel):
         self._image_token_id = int(image_token_id)
         self.lora_config = None
         self.loss_chunk_size = None  # an export computes its loss the plain transformers way
-        self.model = AutoModelForCausalLM.from_config(text_config)
+        self.added_rows = None  # the export's embedding matrices hold every row
+        self.chat = ChatSettings.of(chat)
+        self.model = model if model is not None else AutoModelForCausalLM.from_config(text_config)
 
     @property
     def image_token_id(self) -> int:
@@ -180,7 +185,7 @@ class MedVLMForConditionalGeneration(PreTrainedModel):
         text_config = config.text_config
         if getattr(text_config, "_attn_implementation", None) is None and config.llm_attn_implementation:
             text_config._attn_implementation = config.llm_attn_implementation
-        self.llm = ExportedLanguageModel(text_config, config.image_token, config.image_token_id)
+        self.llm = ExportedLanguageModel(text_config, config.image_token, config.image_token_id, chat=config.chat)
         self.tokens_per_image = self.projector.output_tokens(self.encoder.num_tokens)
         if self.tokens_per_image != config.tokens_per_image:
             raise ValueError(f"rebuilt model makes {self.tokens_per_image} tokens per image, "
@@ -246,7 +251,7 @@ class MedVLMForConditionalGeneration(PreTrainedModel):
         """Splice the images in once, then let the LLM generate from the embeddings.
 
         Returns the prompt ids followed by the generated ids, as ``generate`` does for text models.
-        Stops at the config's ``eos_token_id`` (harmony's ``<|return|>``/``<|end|>``/``<|call|>``)
+        Stops at the config's ``eos_token_id`` (harmony's ``<|return|>``/``<|call|>``/``<|endoftext|>``)
         unless told otherwise; ``kwargs`` go to the LLM's ``generate``.
         """
         kwargs.setdefault("eos_token_id", self.config.eos_token_id)
@@ -257,7 +262,7 @@ class MedVLMForConditionalGeneration(PreTrainedModel):
 
 
 def medvlm_from_export(path: str | Path, **from_pretrained_kwargs: Any):
-    """An export folder as a :class:`MedVLM` (with its tokenizer), for code written against MedVLM
+    """An export folder (either format) as a :class:`MedVLM` (with its tokenizer), for code written against MedVLM
     (``input_spec``, ``embed``, ``llm.model.generate``; e.g. the evaluation harness).
 
     The MedVLM shares the loaded model's modules; ``from_pretrained_kwargs`` go to
@@ -267,6 +272,15 @@ def medvlm_from_export(path: str | Path, **from_pretrained_kwargs: Any):
 
     from medgpt_oss.models.vlm import MedVLM
 
+    config_file = Path(path) / "config.json"
+    model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+    if model_type == "llava":
+        from medgpt_oss.models.llava import medvlm_from_llava
+
+        return medvlm_from_llava(path, **from_pretrained_kwargs)
+    if model_type != MODEL_TYPE:
+        raise ValueError(f"'{path}' is not a medgpt-oss export (config.json model_type {model_type!r}; "
+                         f"expected 'llava' or {MODEL_TYPE!r})")
     model = MedVLMForConditionalGeneration.from_pretrained(path, **from_pretrained_kwargs)
     if (Path(path) / ADAPTER_DIR).is_dir():
         attach_lora_adapter(model, Path(path) / ADAPTER_DIR)
@@ -328,7 +342,7 @@ def config_from_vlm(vlm: Any, model_cfg: dict[str, Any], source: dict[str, Any] 
     encoder = vlm.encoder
     projector_kwargs = {k: v for k, v in (model_cfg.get("projector") or {}).items() if not k.startswith("_")}
     tokenizer = vlm.tokenizer
-    stop_tokens = [t for t in ("<|return|>", "<|end|>", "<|call|>") if t in tokenizer.get_vocab()]
+    stop_tokens = [t for t in STOP_TOKENS if t in tokenizer.get_vocab()]
     return MedVLMConfig(
         encoder={
             "class": _class_path(encoder),
@@ -354,6 +368,7 @@ def config_from_vlm(vlm: Any, model_cfg: dict[str, Any], source: dict[str, Any] 
         llm_attn_implementation=llm_model.config._attn_implementation,
         eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in stop_tokens] or tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        chat=vlm.llm.chat.to_dict(),
         source=source,
     )
 
