@@ -111,21 +111,22 @@ def _cast(model: Any, state: dict[str, Any], dtype: Any) -> dict[str, Any]:
     return {k: v.to(dtype) if v.is_floating_point() and not _keeps_fp32(k, keep) else v for k, v in state.items()}
 
 
-def choose_format(vlm: Any, fmt: str = "auto", merge_lora: bool = True, max_tiles: int | None = None) -> str:
-    """``llava`` when the model is LLaVA and that is allowed, else ``medgpt_oss``; ``fmt=llava`` on a model
-    that does not fit is an error saying why."""
+def choose_format(vlm: Any, fmt: str = "auto", merge_lora: bool = True,
+                  max_tiles: int | None = None) -> tuple[str, str | None]:
+    """``("llava", None)`` when the model is LLaVA and that is allowed, else ``("medgpt_oss", why not LLaVA)``;
+    ``fmt=llava`` on a model that does not fit is an error saying why."""
     from medgpt_oss.models.llava import llava_incompatibility
 
     if fmt not in FORMATS:
         raise ExportError(f"format='{fmt}': use one of {FORMATS}")
-    if fmt == "medgpt_oss":
-        return fmt
     reason = llava_incompatibility(vlm, max_tiles)
     if reason is None and not merge_lora and vlm.llm.lora_config:
         reason = "merge_lora=false keeps the adapter apart, and a LLaVA folder holds merged weights only"
+    if fmt == "medgpt_oss":
+        return fmt, reason or "format=medgpt_oss was asked for"
     if reason is not None and fmt == "llava":
         raise ExportError(f"format=llava does not fit this model: {reason}; use format=auto or medgpt_oss")
-    return "llava" if reason is None else "medgpt_oss"
+    return ("llava", None) if reason is None else ("medgpt_oss", reason)
 
 
 def export_vlm(
@@ -151,7 +152,7 @@ def export_vlm(
     from medgpt_oss.models.hf import ADAPTER_DIR
 
     target_dtype = _torch_dtype(dtype)
-    fmt = choose_format(vlm, format, merge_lora, max_tiles)
+    fmt, not_llava = choose_format(vlm, format, merge_lora, max_tiles)
     out = _prepare_out(out, overwrite)
 
     source, model_cfg = _plain(dict(source or {})), _plain(dict(model_cfg))
@@ -172,7 +173,7 @@ def export_vlm(
     if fmt == "llava":
         _write_llava(vlm, out, source, target_dtype)
     else:
-        _write_medgpt_oss(vlm, model_cfg, out, source, target_dtype)
+        _write_medgpt_oss(vlm, model_cfg, out, source, target_dtype, not_llava)
     return out
 
 
@@ -184,10 +185,11 @@ def _write_llava(vlm: Any, out: Path, source: dict[str, Any], dtype: Any) -> Non
     model.config.dtype = dtype or vlm.llm.model.get_input_embeddings().weight.dtype
     model.save_pretrained(out)
     llava_processor(vlm).save_pretrained(out)
-    (out / "README.md").write_text(model_card(vlm, source, loader="llava"))
+    (out / "README.md").write_text(model_card(vlm, source))
 
 
-def _write_medgpt_oss(vlm: Any, model_cfg: dict[str, Any], out: Path, source: dict[str, Any], dtype: Any) -> None:
+def _write_medgpt_oss(vlm: Any, model_cfg: dict[str, Any], out: Path, source: dict[str, Any], dtype: Any,
+                      not_llava: str | None) -> None:
     import torch
     from transformers import CLIPImageProcessor
     from transformers import initialization as hf_init
@@ -217,7 +219,7 @@ def _write_medgpt_oss(vlm: Any, model_cfg: dict[str, Any], out: Path, source: di
         rescale_factor=1 / 255, do_normalize=True, image_mean=list(encoder["image_mean"]),
         image_std=list(encoder["image_std"]), do_convert_rgb=True,
     ).save_pretrained(out)
-    (out / "README.md").write_text(model_card(vlm, source, loader="medgpt_oss", adapter=(out / ADAPTER_DIR).is_dir()))
+    (out / "README.md").write_text(model_card(vlm, source, adapter=(out / ADAPTER_DIR).is_dir(), not_llava=not_llava))
 
 
 _LLAVA_USE = """```python
@@ -257,21 +259,19 @@ This model is not one of transformers' architectures ({why}), so it needs the `m
 package (`pip install medgpt-oss`); each `<image>` becomes {tokens} image tokens, in order."""
 
 
-def model_card(vlm: Any, source: dict[str, Any], loader: str, adapter: bool = False) -> str:
-    from medgpt_oss.models.llava import llava_incompatibility
-
+def model_card(vlm: Any, source: dict[str, Any], adapter: bool = False, not_llava: str | None = None) -> str:
+    """The export's README.md; ``not_llava``: why the model is not written as LLaVA (``None``: it is)."""
     encoder, projector, chat = vlm.encoder, vlm.projector, vlm.llm.chat
     lora = source.get("lora")
     lora_line = ("none" if not lora else f"rank {lora.get('rank')} on {lora.get('target_modules')}, "
                  + ("merged into the weights" if source.get("lora_merged") else "kept separate in `lora_adapter/`"))
-    if loader == "llava":
+    if not_llava is None:
         use = _LLAVA_USE.format(text_type=vlm.llm.model.config.model_type)
         architecture = "`LlavaForConditionalGeneration` (transformers)"
     else:
         load_adapter = ("\nfrom medgpt_oss.models.hf import attach_lora_adapter\nattach_lora_adapter(model)  "
                         "# adds lora_adapter/\n" if adapter else "\n")
-        why = llava_incompatibility(vlm) or "the adapter is kept apart"
-        use = _MEDGPT_OSS_USE.format(load_adapter=load_adapter, why=why, tokens=vlm.tokens_per_image)
+        use = _MEDGPT_OSS_USE.format(load_adapter=load_adapter, why=not_llava, tokens=vlm.tokens_per_image)
         architecture = "`MedVLMForConditionalGeneration` (medgpt-oss)"
     return f"""---
 library_name: transformers
