@@ -22,7 +22,7 @@ from medgpt_oss.data.prepared import PreparedDataModule
 from medgpt_oss.data.processor import ModelInputSpec, record_images
 from medgpt_oss.data.shards import PreparedRecord, ShardWriter, write_manifest
 from medgpt_oss.data.streaming import ShardIndex, StreamingConversations, _SourceStream
-from medgpt_oss.models.tokenizer import IMAGE_TOKEN
+from medgpt_oss.harmony import IMAGE_TOKEN
 from medgpt_oss.train import train
 from tests.conftest import compose_train
 

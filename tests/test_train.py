@@ -243,3 +243,26 @@ def test_a_crash_while_saving_never_destroys_the_last_good_checkpoint(tmp_path, 
         trainer.save_checkpoint(last)
     assert last.read_bytes() == good
     assert torch.load(last, weights_only=True)["global_step"] == 2
+
+
+def test_rows_added_for_the_image_token_are_saved_and_restored(tmp_path, medsynth_dir):
+    # llm=qwen2 at tiny scale has no spare embedding rows: the image token grows the embeddings (the one case
+    # where GPT-oss's spare rows do not apply). The frozen LLM's new rows go into every checkpoint.
+    from medgpt_oss.stages.base import ADDED_ROWS_KEY, load_stage
+
+    _, stage = run(tmp_path, medsynth_dir, "llm=qwen2", "trainer.max_steps=1", "trainer.limit_val_batches=0")
+    llm = stage.vlm.llm
+    first = llm.added_rows
+    assert first is not None and llm.image_token_id == first
+    ckpt_path = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    rows = ckpt[ADDED_ROWS_KEY]
+    assert torch.equal(rows["0"], llm.model.get_input_embeddings().weight[first:].detach())
+    # A reload takes the rows from the checkpoint, not from how they were drawn: altered rows come back altered.
+    ckpt[ADDED_ROWS_KEY] = {k: torch.full_like(v, 0.25) for k, v in rows.items()}
+    torch.save(ckpt, tmp_path / "altered.ckpt")
+    torch.manual_seed(1234)
+    loaded = load_stage(str(tmp_path / "altered.ckpt"))
+    assert (loaded.vlm.llm.model.get_input_embeddings().weight[first:] == 0.25).all()
+    assert torch.equal(load_stage(str(ckpt_path)).vlm.llm.model.get_input_embeddings().weight,
+                       llm.model.get_input_embeddings().weight)

@@ -43,7 +43,13 @@ def resolved_images(images: list[str]) -> list[str]:
 def chat(argv: list[str]) -> str:
     from transformers import TextStreamer
 
-    from medgpt_oss.eval.generation import Generator, load_vlm, resolve_device, training_image_options
+    from medgpt_oss.eval.generation import (
+        Generator,
+        final_channel_text,
+        load_vlm,
+        resolve_device,
+        training_image_options,
+    )
 
     options, images, question = parse_args(argv)
     if "ckpt" not in options or not question:
@@ -56,8 +62,12 @@ def chat(argv: list[str]) -> str:
     prompt = "<image>\n" * len(paths) + question
     record = {"id": "chat", "image": paths,
               "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": "-"}]}
-    streamer = TextStreamer(generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    return generator.generate([generator.prepare(record)], streamer=streamer)[0]
+    # The reply streams as the model writes it (analysis channel included, control tokens shown); the
+    # returned answer is its final channel.
+    streamer = TextStreamer(generator.tokenizer, skip_prompt=True, skip_special_tokens=False)
+    (reply,) = generator.replies([generator.prepare(record)], streamer=streamer)
+    answer = final_channel_text(reply)
+    return answer if answer is not None else f"(no final answer in the reply: {reply!r})"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer
 
 from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
 from medgpt_oss.data.shards import PreparedRecord, ShardWriter, write_manifest
 from medgpt_oss.data.streaming import StreamingConversations
-from medgpt_oss.models.tokenizer import IMAGE_TOKEN, TINY_TOKENIZER_DIR
+from medgpt_oss.harmony import IMAGE_TOKEN
+from medgpt_oss.models.tokenizer import load_tokenizer
 
 H200_CLIP_L336_IMAGES_PER_S = 1085.0  # CLIP-L/336 forward, bf16, one H200 (docs: shared/DESIGN.md section 7)
 CORES_PER_NODE = 16
@@ -68,7 +68,7 @@ def write_jpeg_shards(root: Path, samples: int, source_size: int, seed: int = 0)
 
 
 def make_processor(input_size: int, patch: int) -> SampleProcessor:
-    spec = ModelInputSpec(AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR), IMAGE_TOKEN,
+    spec = ModelInputSpec(load_tokenizer(), IMAGE_TOKEN,
                           tokens_per_image=(input_size // patch) ** 2, image_size=input_size,
                           image_mean=CLIP_MEAN, image_std=CLIP_STD)
     return SampleProcessor(spec, ".", max_length=None)

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from transformers import AutoTokenizer
 
 from medgpt_oss.config import CONF_DIR
 from medgpt_oss.data.conversation import HarmonyFormatter
@@ -23,7 +22,8 @@ from medgpt_oss.data.jsonl import read_jsonl
 from medgpt_oss.data.packing import plan_rows
 from medgpt_oss.data.processor import record_images
 from medgpt_oss.data.synthetic import ensure_medsynth
-from medgpt_oss.models.tokenizer import IMAGE_TOKEN, TINY_TOKENIZER_DIR
+from medgpt_oss.harmony import IMAGE_TOKEN
+from medgpt_oss.models.tokenizer import load_tokenizer
 
 
 def stage_tasks(stage: str) -> list[str]:
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--tokens-per-image", type=int, default=64, help="64: mlp2x_gelu at tiny scale; 16: pixel_shuffle")
     args = parser.parse_args()
     ensure_medsynth(args.root)
-    formatter = HarmonyFormatter(AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR), IMAGE_TOKEN, args.tokens_per_image)
+    formatter = HarmonyFormatter(load_tokenizer(), IMAGE_TOKEN, args.tokens_per_image)
     records = read_jsonl(args.root / "train.jsonl")
     results = {}
     for stage in ("longctx", "instruct"):

@@ -53,7 +53,7 @@ def measure(generator, samples: list[dict], batch_size: int) -> tuple[list[str],
     start = time.perf_counter()
     outputs: list[str] = []
     for i in range(0, len(samples), batch_size):
-        outputs += generator.generate(samples[i:i + batch_size])
+        outputs += generator.replies(samples[i:i + batch_size])  # raw replies: a random model writes no final channel
     return outputs, time.perf_counter() - start
 
 

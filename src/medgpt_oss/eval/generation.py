@@ -47,10 +47,7 @@ class HarmonyReplyEnd(StoppingCriteria):
         return done
 
 
-def final_channel_text(text: str) -> str | None:
-    """The ``final`` channel's text of a decoded harmony reply; ``None`` when it has none (unparseable)."""
-    answer = final_answer(text)
-    return None if answer is None else answer.strip()
+final_channel_text = final_answer  # the final channel's text of a decoded reply; None when it has none
 
 
 def load_vlm(ckpt: str, device: str = "cpu"):

@@ -21,8 +21,10 @@ from medgpt_oss.eval.generation import Generator, load_vlm
 FINDINGS = ("nodule", "effusion", "cardiomegaly")
 
 
-def _answers(generator: Generator, records: list[dict[str, Any]], batch_size: int, blank: bool = False) -> list[str]:
-    outputs: list[str] = []
+def _answers(generator: Generator, records: list[dict[str, Any]], batch_size: int,
+             blank: bool = False) -> list[str | None]:
+    """Final-channel answers; ``None`` for a reply without one (scored wrong)."""
+    outputs: list[str | None] = []
     for start in range(0, len(records), batch_size):
         samples = [generator.prepare(r) for r in records[start:start + batch_size]]
         if blank:
@@ -56,14 +58,15 @@ def evaluate_medsynth(ckpt: str | Path, out_dir: str | Path, root: str | Path | 
     closed_blank = _answers(generator, by_task["closed"], batch_size, blank=True)
     for r, out, out_blank in zip(by_task["closed"], closed, closed_blank):
         rows.append({"id": r["id"], "task": "closed", "gold": r["answer"], "output": out,
-                     "correct": extract_yes_no(out) == r["answer"], "output_images_blanked": out_blank,
-                     "correct_images_blanked": extract_yes_no(out_blank) == r["answer"]})
+                     "correct": out is not None and extract_yes_no(out) == r["answer"],
+                     "output_images_blanked": out_blank,
+                     "correct_images_blanked": out_blank is not None and extract_yes_no(out_blank) == r["answer"]})
     mcq = _answers(generator, by_task["mcq"], batch_size)
     for r, out in zip(by_task["mcq"], mcq):
         rows.append({"id": r["id"], "task": "mcq", "gold": r["answer"], "output": out,
-                     "correct": extract_choice(out, r["options"]) == r["answer"]})
+                     "correct": out is not None and extract_choice(out, r["options"]) == r["answer"]})
     reports = _answers(generator, by_task["report"], batch_size)
-    predicted = [findings_from_report(out) for out in reports]
+    predicted = [findings_from_report(out or "") for out in reports]
     for r, out, pred in zip(by_task["report"], reports, predicted):
         rows.append({"id": r["id"], "task": "report", "gold": r["findings"], "output": out, "predicted": pred})
 

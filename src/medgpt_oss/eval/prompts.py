@@ -10,10 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from medgpt_oss.eval.benchmarks.base import EvalItem
-
-# == medgpt_oss.data.conversation.IMAGE_PLACEHOLDER (tested); not imported, as that module pulls in
-# torch and transformers, which scoring a predictions file does not need.
-IMAGE_PLACEHOLDER = "<image>"
+from medgpt_oss.harmony import IMAGE_PLACEHOLDER  # the format module imports neither torch nor transformers
 
 DEFAULT_PROMPTS = {
     "closed": "{question}\nAnswer with {choices}.",

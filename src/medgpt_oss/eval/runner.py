@@ -20,6 +20,7 @@ from typing import Any
 from medgpt_oss.data.jsonl import read_jsonl
 from medgpt_oss.eval.benchmarks.base import Benchmark, EvalItem, MalformedItem
 from medgpt_oss.eval.prompts import build_prompt, to_record
+from medgpt_oss.harmony import final_answer
 
 
 @dataclass
@@ -102,8 +103,9 @@ class ModelAnswerer:
             bar.update(1)
         for i in range(0, len(free), self.batch_size):
             chunk = free[i:i + self.batch_size]
-            for (item, _, _), text in zip(chunk, self.generator.generate([s for _, s, _ in chunk])):
-                results[item.id] = {"output": text}
+            for (item, _, _), reply in zip(chunk, self.generator.replies([s for _, s, _ in chunk])):
+                # The answer is the final channel; a reply without one is unparseable (output None, scored wrong).
+                results[item.id] = {"output": final_answer(reply), "reply": reply}
             bar.update(len(chunk))
         bar.close()
         elapsed = time.perf_counter() - start
@@ -135,6 +137,8 @@ def score_shard(benchmark: Benchmark, items: list[tuple[int, EvalItem | Malforme
                 row.update(error=got["error"], correct=None)
             else:
                 row["output"] = got.get("output")
+                if "reply" in got:
+                    row["reply"] = got["reply"]
                 row.update(benchmark.score(item, row["output"]))
                 if got.get("missing"):
                     row["missing_prediction"] = True

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medgpt_oss.harmony import STOP_TOKENS  # GPT-oss's own generation_config stops at these too
+
 # MedVLM state-dict prefix -> LlavaForConditionalGeneration's (transformers 5 module layout).
 KEY_MAP = (
     ("encoder.model.", "model.vision_tower."),
@@ -30,7 +32,6 @@ KEY_MAP = (
     ("llm.model.model.", "model.language_model."),
     ("llm.model.lm_head.", "lm_head."),
 )
-STOP_TOKENS = ("<|return|>", "<|call|>", "<|endoftext|>")  # GPT-oss's own generation_config stops at these
 
 
 def _rename(name: str, pairs) -> str:
