@@ -174,7 +174,7 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run(tmp_path, medsynth_dir
     args = [*TINY_RUN, *small_data_overrides(), "+stage=instruct", "lora=r16", "data.batch_size=8",
             "trainer.max_steps=8", "trainer.max_epochs=-1", "trainer.limit_val_batches=0",
             "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=1",
-            f"paths.data_dir={medsynth_dir}", "data.pack_length=256"]
+            f"paths.data_dir={medsynth_dir}", "data.pack_length=512"]
     args = [a for a in args if a != "+stage=align"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     straight = tmp_path / "straight"

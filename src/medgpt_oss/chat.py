@@ -41,15 +41,10 @@ def resolved_images(images: list[str]) -> list[str]:
 
 
 def chat(argv: list[str]) -> str:
+    """Stream the model's reply to the question and return it (see :func:`main` for its final answer)."""
     from transformers import TextStreamer
 
-    from medgpt_oss.eval.generation import (
-        Generator,
-        final_channel_text,
-        load_vlm,
-        resolve_device,
-        training_image_options,
-    )
+    from medgpt_oss.eval.generation import Generator, load_vlm, resolve_device, training_image_options
 
     options, images, question = parse_args(argv)
     if "ckpt" not in options or not question:
@@ -62,12 +57,10 @@ def chat(argv: list[str]) -> str:
     prompt = "<image>\n" * len(paths) + question
     record = {"id": "chat", "image": paths,
               "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": "-"}]}
-    # The reply streams as the model writes it (analysis channel included, control tokens shown); the
-    # returned answer is its final channel.
+    # The reply streams as the model writes it, channel headers and control tokens included.
     streamer = TextStreamer(generator.tokenizer, skip_prompt=True, skip_special_tokens=False)
     (reply,) = generator.replies([generator.prepare(record)], streamer=streamer)
-    answer = final_channel_text(reply)
-    return answer if answer is not None else f"(no final answer in the reply: {reply!r})"
+    return reply
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,10 +69,14 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     try:
-        chat(argv)
+        reply = chat(argv)
     except (ValueError, FileNotFoundError, NotImplementedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    from medgpt_oss.harmony import final_answer
+
+    answer = final_answer(reply)
+    print(f"\nanswer: {answer}" if answer is not None else "\n(the reply has no final-channel answer)")
 
 
 if __name__ == "__main__":

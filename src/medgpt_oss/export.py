@@ -238,7 +238,8 @@ print(processor.decode(out[0, inputs["input_ids"].shape[1]:]))   # <|channel|>fi
 ```
 
 The architecture is transformers' own `LlavaForConditionalGeneration` with a `{text_type}` text
-model, so LLaVA-aware servers (vLLM, SGLang) can load it as they load other LLaVA checkpoints."""
+model: the architecture that servers which load LLaVA checkpoints (vLLM, SGLang) know. medgpt-oss
+tests the transformers path; serving in those tools is not tested by it."""
 
 _MEDGPT_OSS_USE = """```python
 import medgpt_oss.models.hf  # registers this model type with transformers' Auto classes (no trust_remote_code)

@@ -26,7 +26,6 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from medgpt_oss.harmony import (
-    ANALYSIS_HEADER,
     END,
     IMAGE_PLACEHOLDER,
     RETURN,
@@ -83,7 +82,7 @@ class HarmonyFormatter:
         self.return_id = self._special_id(RETURN)
         # Control tokens in data would rewrite the conversation's structure (the format also refuses any <|...|>).
         self._forbidden = [t for t in tokenizer.all_special_tokens if t] + [image_token]
-        self._encoded: dict[str, list[int]] = {}  # the format's fixed pieces, tokenized once
+        self._encoded: dict[str, list[int]] = {}
 
     def _special_id(self, token: str) -> int:
         ids = self.tokenizer.convert_tokens_to_ids([token])
@@ -94,10 +93,15 @@ class HarmonyFormatter:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def _encode_fixed(self, text: str) -> list[int]:
-        if text not in self._encoded:
-            self._encoded[text] = self._encode(text)
-        return self._encoded[text]
+    def _encode_cached(self, text: str) -> list[int]:
+        """The format's fixed pieces (system message, headers) recur in every sample: tokenized once. The cache
+        is bounded, so record texts (answers, per-record instructions) cannot grow it without limit."""
+        ids = self._encoded.get(text)
+        if ids is None:
+            ids = self._encode(text)
+            if len(self._encoded) < 64:
+                self._encoded[text] = ids
+        return list(ids)
 
     def _user_content(self, text: str, tiles: Iterator[int]) -> list[int]:
         """User text with each <image> expanded to the image token run (one run per tile)."""
@@ -164,16 +168,13 @@ class HarmonyFormatter:
         for segment in segments:
             if segment.user_content:
                 piece = self._user_content(segment.text, tile_counts)
-            elif segment.supervised and not segment.text.startswith("<|"):
-                piece = self._encode(segment.text)  # an answer: it must come back exactly as written
-                if self.tokenizer.decode(piece) != segment.text:
-                    raise ConversationError(record_id, f"an answer does not survive tokenization: "
-                                            f"{segment.text[:60]!r}", "the tokenizer cannot represent this text; "
-                                            "check its encoding")
-            elif segment.text.startswith(ANALYSIS_HEADER):
-                piece = self._encode(segment.text)  # thinking: differs per record, not worth caching
             else:
-                piece = self._encode_fixed(segment.text)
+                piece = self._encode_cached(segment.text)
+            if segment.supervised and self.tokenizer.decode(piece) != segment.text:
+                # A target the tokenizer cannot write back exactly would teach the model other text.
+                raise ConversationError(record_id, f"an assistant turn does not survive tokenization: "
+                                        f"{segment.text[:60]!r}", "the tokenizer cannot represent this text; "
+                                        "check its encoding")
             ids += piece
             labels += piece if segment.supervised else [IGNORE_INDEX] * len(piece)
         if self.max_length is not None and len(ids) > self.max_length:

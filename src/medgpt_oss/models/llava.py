@@ -74,6 +74,7 @@ def llava_config(vlm: Any):
     vision = encoder.model.config.to_dict()
     text = llm_model.config.to_dict()
     text["_attn_implementation"] = llm_model.config._attn_implementation
+    text["architectures"] = [type(llm_model).__name__]  # servers resolve the text model's class from this
     tokenizer = vlm.tokenizer
     config = LlavaConfig(
         vision_config=vision,
