@@ -77,6 +77,10 @@ def evaluate_medsynth(ckpt: str | Path, out_dir: str | Path, root: str | Path | 
     summary = {
         "closed_accuracy": accuracy("closed"),
         "closed_accuracy_images_blanked": accuracy("closed", "correct_images_blanked"),
+        # Replies with no final channel (unparseable, scored wrong): with blanked images a tiny model may not
+        # even write the channel header, which is why its blanked accuracy can fall below chance.
+        "closed_unparseable": sum(out is None for out in closed),
+        "closed_unparseable_images_blanked": sum(out is None for out in closed_blank),
         "mcq_accuracy": accuracy("mcq"),
         "mcq_chance": 0.25,
         "report_f1": finding_f1(predicted, [r["findings"] for r in by_task["report"]]),

@@ -1,10 +1,11 @@
-"""A MedVLM as a plain ``transformers`` model: a config class and a ``PreTrainedModel``.
+"""A MedVLM as a ``transformers`` model of our own: a config class and a ``PreTrainedModel``.
 
-Importing this module registers both with the Auto classes (no ``trust_remote_code``);
-``import medgpt_oss`` arranges for that to happen on the first ``AutoConfig`` lookup, so it
-stays instant itself::
+The export format of models that are not LLaVA (BiomedCLIP, ``linear``/``pixel_shuffle``
+projectors, tiles; LLaVA-shaped models export as transformers' own class, see
+:mod:`medgpt_oss.models.llava`). Importing this module registers both classes with the Auto
+classes (:func:`register`, called at the bottom; no ``trust_remote_code``)::
 
-    import medgpt_oss  # noqa: F401
+    import medgpt_oss.models.hf  # noqa: F401
     from transformers import AutoModelForImageTextToText
     model = AutoModelForImageTextToText.from_pretrained("<export dir>")
 
