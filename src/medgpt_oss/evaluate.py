@@ -60,7 +60,7 @@ def build_answerer(cfg: DictConfig, root: str):
     from medgpt_oss.eval.generation import Generator, load_vlm, resolve_device, training_image_options
     from medgpt_oss.eval.runner import ModelAnswerer
 
-    vlm = load_vlm(cfg.ckpt, resolve_device(cfg.device))
+    vlm = load_vlm(cfg.ckpt, resolve_device(cfg.device), trusted_targets=list(cfg.get("trusted_targets") or []))
     images = training_image_options(cfg.ckpt, cfg.get("images"))
     generator = Generator(vlm, root, max_new_tokens=cfg.max_new_tokens, system_prompt=cfg.system_prompt, **images)
     return generator, ModelAnswerer(generator, batch_size=cfg.batch_size,

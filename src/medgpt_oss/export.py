@@ -31,6 +31,7 @@ import hydra
 from omegaconf import DictConfig
 
 from medgpt_oss.config import CONF_DIR
+from medgpt_oss.trust import UntrustedCodeError
 
 FORMATS = ("auto", "llava", "medgpt_oss")
 
@@ -317,8 +318,11 @@ def export(
     dtype: str | None = None,
     overwrite: bool = False,
     format: str = "auto",
+    trusted_targets: tuple[str, ...] = (),
 ) -> Path:
-    """Export a stage checkpoint (any stage; the checkpoint names its class) to ``out``."""
+    """Export a stage checkpoint (any stage; the checkpoint names its class) to ``out``.
+
+    ``trusted_targets``: classes outside this project the checkpoint may name (``medgpt_oss.trust``)."""
     ckpt_path = Path(ckpt)
     if not ckpt_path.is_file():
         raise FileNotFoundError(
@@ -332,7 +336,7 @@ def export(
     from medgpt_oss.eval.generation import training_image_options
     from medgpt_oss.stages.base import load_stage
 
-    stage = load_stage(str(ckpt_path))
+    stage = load_stage(str(ckpt_path), trusted_targets=trusted_targets)
     stage.eval()
     model_cfg = _plain(dict(stage.hparams["model"]))
     source = {
@@ -364,8 +368,9 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     try:
         out = export(cfg.ckpt, cfg.out, merge_lora=cfg.merge_lora, dtype=cfg.get("dtype"),
-                     overwrite=cfg.get("overwrite", False), format=cfg.get("format", "auto"))
-    except (FileNotFoundError, ExportError) as exc:
+                     overwrite=cfg.get("overwrite", False), format=cfg.get("format", "auto"),
+                     trusted_targets=tuple(cfg.get("trusted_targets") or ()))
+    except (FileNotFoundError, ExportError, UntrustedCodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     print(describe_folder(out))

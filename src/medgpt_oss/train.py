@@ -168,7 +168,8 @@ def train(cfg: DictConfig) -> tuple[Any, Any]:
     if trainer.is_global_zero:
         Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, Path(trainer.default_root_dir) / "config.yaml", resolve=True)
-    trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # weights_only: a resumed checkpoint is data -- a pickle payload is refused, for local and http(s) paths.
+    trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     return trainer, stage
 
 

@@ -50,8 +50,10 @@ class HarmonyReplyEnd(StoppingCriteria):
 final_channel_text = final_answer  # the final channel's text of a decoded reply; None when it has none
 
 
-def load_vlm(ckpt: str, device: str = "cpu"):
-    """A MedVLM in eval mode from a Lightning checkpoint of any stage, or from an export folder."""
+def load_vlm(ckpt: str, device: str = "cpu", trusted_targets: Sequence[str] = ()):
+    """A MedVLM in eval mode from a Lightning checkpoint of any stage, or from an export folder.
+
+    ``trusted_targets``: classes outside this project a checkpoint may name (``medgpt_oss.trust``)."""
     path = Path(ckpt)
     if path.is_dir():
         from medgpt_oss.models.hf import medvlm_from_export
@@ -61,7 +63,7 @@ def load_vlm(ckpt: str, device: str = "cpu"):
         raise FileNotFoundError(f"checkpoint '{ckpt}' does not exist")
     from medgpt_oss.stages.base import load_stage
 
-    return load_stage(str(path), map_location="cpu").vlm.to(device).eval()
+    return load_stage(str(path), map_location="cpu", trusted_targets=trusted_targets).vlm.to(device).eval()
 
 
 def resolve_device(device: str = "auto") -> str:

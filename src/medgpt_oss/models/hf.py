@@ -23,7 +23,6 @@ are spliced into the text by :meth:`MedVLM.embed` itself.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from transformers import (
 
 from medgpt_oss.harmony import IMAGE_TOKEN, STOP_TOKENS, ChatSettings
 from medgpt_oss.models.llm import LanguageModel
+from medgpt_oss.trust import UntrustedCodeError, check_class_path
 
 MODEL_TYPE = "medgpt_oss_vlm"
 ADAPTER_DIR = "lora_adapter"  # where an unmerged LoRA adapter goes inside an export folder
@@ -98,12 +98,12 @@ class MedVLMConfig(PreTrainedConfig):
 # -- rebuilding the parts from the config ------------------------------------------------------------
 
 
-def _import_class(path: str, base: type) -> type:
-    """``"pkg.module.Class"`` -> the class, which must subclass ``base`` (config files name code to run)."""
-    module_name, _, name = path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), name, None)
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise TypeError(f"'{path}' is not a {base.__name__} subclass")
+def _import_class(path: str, base: type, where: str) -> type:
+    """``"pkg.module.Class"`` -> the class, which must be this project's (checked before any import: a
+    config.json from elsewhere is data) and subclass ``base``."""
+    cls = check_class_path(path, where)
+    if not issubclass(cls, base):
+        raise UntrustedCodeError(f"{where} = '{path}' is not a {base.__name__} subclass")
     return cls
 
 
@@ -111,7 +111,7 @@ def build_encoder(desc: dict[str, Any]) -> nn.Module:
     """The encoder, built from its architecture config through the class's own build-from-config path."""
     from medgpt_oss.models.encoders import VisionEncoder
 
-    cls = _import_class(desc["class"], VisionEncoder)
+    cls = _import_class(desc["class"], VisionEncoder, "config.json encoder.class")
     # scale="tiny" is the "build this architecture from a config dict, load nothing" path; the
     # random init it makes is replaced by the exported weights.
     encoder = cls(pretrained=desc.get("pretrained") or "exported", scale="tiny", tiny=desc["architecture"],
@@ -127,7 +127,7 @@ def build_encoder(desc: dict[str, Any]) -> nn.Module:
 def build_projector(desc: dict[str, Any]) -> nn.Module:
     from medgpt_oss.models.projectors import Projector
 
-    cls = _import_class(desc["class"], Projector)
+    cls = _import_class(desc["class"], Projector, "config.json projector.class")
     return cls(in_dim=desc["in_dim"], out_dim=desc["out_dim"], **desc.get("kwargs", {}))
 
 

@@ -12,6 +12,7 @@ random init.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from medgpt_oss.data.conversation import IGNORE_INDEX
 from medgpt_oss.models.vlm import COMPONENTS, MedVLM
+from medgpt_oss.trust import UntrustedCodeError, check_checkpoint, check_class_path, load_checkpoint
 
 
 ADDED_ROWS_KEY = "added_token_rows"
@@ -64,6 +66,24 @@ class VLMStage(L.LightningModule):
         # handed over. Only these go into checkpoints, so loading is non-strict and checked by hand.
         self.saved_keys = self.trainable_state_keys()
         self.strict_loading = False
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, map_location: Any = None,
+                             hparams_file: str | Path | None = None, strict: bool | None = None,
+                             weights_only: bool | None = True, trusted_targets: Iterable[str] = (), **kwargs: Any):
+        """Lightning's loader, made safe for checkpoints from elsewhere: weights-only unpickling (no code in
+        pickles), and the stored config's ``_target_`` s must be this project's classes (or in
+        ``trusted_targets``), checked before the model is built. ``kwargs`` override hyper-parameters."""
+        if weights_only is not True:
+            raise ValueError("medgpt-oss loads checkpoints with weights_only=True only: a pickle can run any code")
+        if hparams_file is not None:
+            raise ValueError("hparams_file is not supported: the checkpoint holds its own hyper-parameters")
+        checkpoint = load_checkpoint(checkpoint_path)
+        check_checkpoint({**checkpoint, "hyper_parameters": {k: v for k, v in
+                                                             (checkpoint.get("hyper_parameters") or {}).items()
+                                                             if k not in kwargs}}, trusted_targets)
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, strict=strict,
+                                            weights_only=True, **kwargs)
 
     # -- stage hand-off ----------------------------------------------------------------------------
 
@@ -217,14 +237,21 @@ class VLMStage(L.LightningModule):
             self._rng_to_restore = None
 
 
-def load_stage(ckpt_path: str, map_location: str | None = "cpu") -> VLMStage:
-    """Reload any stage's checkpoint without knowing its class: the checkpoint names it."""
-    import importlib
+def load_stage(ckpt_path: str, map_location: str | None = "cpu", trusted_targets: Iterable[str] = ()) -> VLMStage:
+    """Reload any stage's checkpoint without knowing its class: the checkpoint names it.
 
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    module_name, _, class_name = checkpoint["stage_class"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls.load_from_checkpoint(ckpt_path, map_location=map_location)
+    The checkpoint is data: its stage class and every ``_target_`` in its hyper-parameters must be
+    classes of this project (or listed in ``trusted_targets``), checked before anything is imported
+    or built (:mod:`medgpt_oss.trust`).
+    """
+    checkpoint = load_checkpoint(ckpt_path)
+    if "stage_class" not in checkpoint:
+        raise KeyError(f"'{ckpt_path}' names no stage_class: not a medgpt-oss stage checkpoint")
+    check_checkpoint(checkpoint, trusted_targets)
+    cls = check_class_path(checkpoint["stage_class"], "checkpoint stage_class", trusted_targets)
+    if not issubclass(cls, VLMStage):
+        raise UntrustedCodeError(f"checkpoint stage_class = '{checkpoint['stage_class']}' is not a VLMStage")
+    return cls.load_from_checkpoint(ckpt_path, map_location=map_location, trusted_targets=trusted_targets)
 
 
 class TunedStage(VLMStage):
