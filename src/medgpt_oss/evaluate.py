@@ -62,7 +62,8 @@ def build_answerer(cfg: DictConfig, root: str):
 
     vlm = load_vlm(cfg.ckpt, resolve_device(cfg.device), trusted_targets=list(cfg.get("trusted_targets") or []))
     images = training_image_options(cfg.ckpt, cfg.get("images"))
-    generator = Generator(vlm, root, max_new_tokens=cfg.max_new_tokens, system_prompt=cfg.system_prompt, **images)
+    generator = Generator(vlm, root, max_new_tokens=cfg.max_new_tokens, system_prompt=cfg.system_prompt,
+                          allow_outside_root=bool(cfg.get("allow_outside_root", False)), **images)
     return generator, ModelAnswerer(generator, batch_size=cfg.batch_size,
                                     likelihood=OmegaConf.to_container(cfg.likelihood, resolve=True))
 

@@ -28,13 +28,14 @@ from typing import Any
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from medgpt_oss.config import CONF_DIR
 from medgpt_oss.data.conversation import ConversationError, HarmonyFormatter
 from medgpt_oss.data.dicom import is_dicom, read_dicom
 from medgpt_oss.data.shards import MANIFEST, PreparedRecord, ShardWriter, write_manifest
 from medgpt_oss.data.sources.base import Skip, Source, SourceLayoutError, SourceRecord, has_bad_text
+from medgpt_oss.trust import OutsideRootError, inside_root
 
 log = logging.getLogger("medgpt_oss.prepare")
 KEPT_FORMATS = ("PNG", "JPEG")  # stored byte for byte; anything else PIL reads is re-encoded as PNG
@@ -56,6 +57,8 @@ class BadRecord(Exception):
 def encode_image(path: Path, dicom_options: dict[str, Any]) -> bytes:
     """The bytes to store for one image file; raises BadRecord when it cannot be used."""
     if not path.is_file():
+        if path.exists():  # a directory, device or pipe: there, but not an image file
+            raise BadRecord("not_a_file", f"image '{path}' is not a regular file", "point the record at an image file")
         raise BadRecord("missing_image", f"image '{path}' does not exist", "check source.root and the image folder")
     if path.stat().st_size == 0:
         raise BadRecord("empty_image", f"image '{path}' is a zero-byte file", "download the image again")
@@ -79,6 +82,9 @@ def encode_image(path: Path, dicom_options: dict[str, Any]) -> bytes:
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             return buffer.getvalue()
+    except UnidentifiedImageError as exc:  # no image format recognises the bytes: some other kind of file
+        raise BadRecord("not_an_image", f"'{path}' is not an image file PIL or pydicom can read ({exc})",
+                        "point the record at an image") from exc
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadRecord("corrupt_image", f"image '{path}' cannot be decoded ({exc})",
                         "download the image again or drop the record") from exc
@@ -117,8 +123,9 @@ class Preparer:
 
     def __init__(self, out: Path, formatter: HarmonyFormatter, strict: bool = False,
                  dicom_options: dict[str, Any] | None = None, shard_records: int = 2048,
-                 row_group_records: int = 128, image_cache: int = 256) -> None:
+                 row_group_records: int = 128, image_cache: int = 256, image_root: Path | None = None) -> None:
         self.out, self.formatter, self.strict = out, formatter, strict
+        self.image_root = image_root  # set: every image must resolve inside it (else outside_root); None: anywhere
         self.shard_records, self.row_group_records = shard_records, row_group_records
         self.writers: dict[str, ShardWriter] = {}
         self.tasks: Counter[str] = Counter()
@@ -147,6 +154,13 @@ class Preparer:
             raise BadRecord(conversation_problem(exc), exc.problem, str(exc).partition(" -- fix: ")[2]) from exc
         images = []
         for path in rec.images:
+            if self.image_root is not None:
+                try:
+                    inside_root(self.image_root, path)
+                except OutsideRootError as exc:
+                    raise BadRecord("outside_root", f"image {exc}",
+                                    "keep images inside source.root, or set source.allow_outside_root=true if you "
+                                    "trust the records' paths") from None
             data = self._image(Path(path))
             if isinstance(data, BadRecord):
                 raise data
@@ -207,7 +221,8 @@ def prepare(source: Source, out: str | Path, formatter: HarmonyFormatter, strict
     out = Path(out)
     clear_previous(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    preparer = Preparer(out, formatter, strict=strict, **options)
+    root = None if getattr(source, "allow_outside_root", False) else source.root
+    preparer = Preparer(out, formatter, strict=strict, image_root=root, **options)
     try:
         items: Iterable[SourceRecord | Skip] = source.records()
         for item in items:

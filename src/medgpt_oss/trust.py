@@ -78,3 +78,23 @@ def load_checkpoint(path: Any) -> dict[str, Any]:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UntrustedCodeError(f"'{path}' holds pickled objects other than weights and plain data, which could run "
                                  f"code; it is refused ({first_line})") from None
+
+
+class OutsideRootError(ValueError):
+    """A data path that leaves its data root (``..``, an absolute path, a symlink pointing out)."""
+
+
+def inside_root(root: Any, path: Any) -> Any:
+    """``root / path`` with symlinks resolved, if it stays inside ``root``; else :class:`OutsideRootError`.
+
+    A record names files by path, so without this a data folder could make ``prepare`` embed any
+    readable file of the machine in its shards (``../../home/me/.ssh/id_rsa``, ``/etc/shadow``, a
+    symlink to either).
+    """
+    from pathlib import Path
+
+    base = Path(root).resolve()
+    full = (Path(root) / path).resolve()
+    if full != base and base not in full.parents:
+        raise OutsideRootError(f"'{path}' resolves to '{full}', outside the data root '{base}'")
+    return full

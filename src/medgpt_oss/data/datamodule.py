@@ -131,6 +131,7 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
         strict: bool = False,
         max_tiles: int | None = None,
         dicom: dict[str, Any] | None = None,
+        allow_outside_root: bool = False,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -143,8 +144,9 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
         self.pack_length = pack_length
         self.strict = strict  # true: the first bad sample stops training, naming it; false: skipped and counted
         # max_tiles: InternVL-style dynamic tiling (None/1: off); dicom: DicomOptions (frames, ct_windows).
+        # allow_outside_root: image paths may leave root (absolute, .., symlinks); off, they are skipped by name.
         self.processor = SampleProcessor(input_spec, self.root, system_prompt=system_prompt, max_length=max_length,
-                                         max_tiles=max_tiles, dicom=dicom)
+                                         max_tiles=max_tiles, dicom=dicom, allow_outside_root=allow_outside_root)
         self.datasets: dict[str, ConversationDataset] = {}
         self.train_sampler: ResumableShuffleSampler | None = None
         self._consumed_to_restore = 0

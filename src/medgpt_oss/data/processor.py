@@ -18,6 +18,7 @@ from medgpt_oss.data.images import ImageTransform, load_frames
 from medgpt_oss.data.packing import pack
 from medgpt_oss.data.tiling import tile_image
 from medgpt_oss.harmony import ChatSettings
+from medgpt_oss.trust import OutsideRootError, inside_root
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,14 @@ class SampleProcessor:
     becomes up to ``max_tiles`` encoder-size tiles plus a thumbnail, its ``<image>`` expands to
     that many image-token runs, and ``pixel_values`` holds the tiles in order. ``dicom`` sets how
     DICOM files are rendered (``DicomOptions``); with ``frames="all"`` each frame is fed like a tile.
+    Image paths must resolve inside ``root`` (symlinks followed) unless ``allow_outside_root``.
     """
 
     def __init__(self, spec: ModelInputSpec, root: str | Path, system_prompt: str | None = None,
                  max_length: int | None = None, max_tiles: int | None = None,
-                 dicom: DicomOptions | dict[str, Any] | None = None) -> None:
+                 dicom: DicomOptions | dict[str, Any] | None = None, allow_outside_root: bool = False) -> None:
         self.root = Path(root)
+        self.allow_outside_root = allow_outside_root  # false: every image path must resolve inside root
         self.max_tiles = max_tiles if max_tiles and max_tiles > 1 else None
         self.dicom = DicomOptions.of(dicom)
         self.formatter = HarmonyFormatter(spec.tokenizer, spec.image_token, spec.tokens_per_image,
@@ -73,6 +76,13 @@ class SampleProcessor:
         pixels, views_per_image = [], []
         for i, rel in enumerate(image_paths):
             path = self.root / rel if image_bytes is None else f"{rel} (embedded, {len(image_bytes[i])} bytes)"
+            if image_bytes is None and not self.allow_outside_root:
+                try:
+                    inside_root(self.root, rel)
+                except OutsideRootError as exc:
+                    raise ConversationError(record_id, f"outside_root: image {exc}",
+                                            "keep images inside the data folder, or set allow_outside_root=true "
+                                            "if you trust its paths") from None
             try:
                 source = self.root / rel if image_bytes is None else io.BytesIO(image_bytes[i])
                 views = [tile for frame in load_frames(source, self.dicom) for tile in self._tiles(frame)]

@@ -30,11 +30,10 @@ class HarmonyReplyEnd(StoppingCriteria):
     """Stops a row at a stop token (``<|return|>``, ``<|call|>``, ``<|endoftext|>``) or at an ``<|end|>``
     that closes a final-channel message; an analysis message's ``<|end|>`` lets the reply go on."""
 
-    def __init__(self, tokenizer: Any, prompt_length: int) -> None:
+    def __init__(self, tokenizer: Any) -> None:
         self.stop_ids = [int(i) for i in tokenizer.convert_tokens_to_ids(list(STOP_TOKENS))]
         self.end_id = int(tokenizer.convert_tokens_to_ids(END))
         self.final_header = tokenizer(FINAL_HEADER, add_special_tokens=False)["input_ids"]
-        self.prompt_length = prompt_length  # generate with inputs_embeds passes only the new ids
 
     def after_final_header(self, row: list[int]) -> bool:
         n = len(self.final_header)
@@ -43,7 +42,8 @@ class HarmonyReplyEnd(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         done = torch.isin(input_ids[:, -1], torch.tensor(self.stop_ids, device=input_ids.device))
         for i in torch.nonzero(input_ids[:, -1] == self.end_id).flatten().tolist():
-            done[i] = self.after_final_header(input_ids[i, self.prompt_length:-1].tolist())
+            # Given inputs_embeds alone, generate's input_ids hold the new tokens only: the reply so far.
+            done[i] = self.after_final_header(input_ids[i, :-1].tolist())
         return done
 
 
@@ -97,10 +97,11 @@ class Generator:
     ``max_tiles`` and ``dicom`` feed images as training did (see ``SampleProcessor``)."""
 
     def __init__(self, vlm, root: str | Path, max_new_tokens: int = 256, system_prompt: str | None = None,
-                 max_tiles: int | None = None, dicom: dict[str, Any] | None = None) -> None:
+                 max_tiles: int | None = None, dicom: dict[str, Any] | None = None,
+                 allow_outside_root: bool = False) -> None:
         self.vlm = vlm
         self.processor = SampleProcessor(vlm.input_spec(), root, system_prompt=system_prompt, max_tiles=max_tiles,
-                                         dicom=dicom)
+                                         dicom=dicom, allow_outside_root=allow_outside_root)
         self.tokenizer = vlm.tokenizer
         self.max_new_tokens = max_new_tokens
 
@@ -120,7 +121,7 @@ class Generator:
         attention_mask = batch["attention_mask"].to(self.device)
         pixels = batch["pixel_values"].to(self.device) if batch["pixel_values"].numel() else None
         embeds = self.vlm.embed(input_ids, pixels)
-        stop = HarmonyReplyEnd(self.tokenizer, prompt_length=0)
+        stop = HarmonyReplyEnd(self.tokenizer)
         out = self.vlm.llm.model.generate(
             inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=self.max_new_tokens,
             do_sample=False, eos_token_id=stop.stop_ids, stopping_criteria=StoppingCriteriaList([stop]),
@@ -135,7 +136,7 @@ class Generator:
 
     def decode_reply(self, ids: list[int]) -> str:
         """A row of generated ids up to where the reply ended (rows that ended early are padded)."""
-        stop = HarmonyReplyEnd(self.tokenizer, prompt_length=0)
+        stop = HarmonyReplyEnd(self.tokenizer)
         for i, tok in enumerate(ids):
             if tok in stop.stop_ids or (tok == stop.end_id and stop.after_final_header(ids[:i])):
                 ids = ids[:i + 1]

@@ -79,8 +79,11 @@ class Source(PublishedLayout):
     kind = "source"
     layout_error_class = SourceLayoutError
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, allow_outside_root: bool = False) -> None:
         self.root = Path(root).expanduser()
+        # False: every image path must resolve inside root (symlinks followed), else the record is an
+        # outside_root skip; true for folders whose records point at images elsewhere, if you trust them.
+        self.allow_outside_root = bool(allow_outside_root)
 
     def records(self) -> Iterator[SourceRecord | Skip]:
         raise NotImplementedError

@@ -33,8 +33,9 @@ class PMCOACaptions(Source):
 images/<image>"""
     origin = "https://huggingface.co/datasets/axiong/pmc_oa (JSONL files + images.zip)"
 
-    def __init__(self, root: str | Path, split_files: dict[str, str] | None = None, image_dir: str = "images") -> None:
-        super().__init__(root)
+    def __init__(self, root: str | Path, split_files: dict[str, str] | None = None, image_dir: str = "images",
+                 allow_outside_root: bool = False) -> None:
+        super().__init__(root, allow_outside_root)
         self.split_files = dict(split_files or {"train": "train.jsonl", "val": "valid.jsonl", "test": "test.jsonl"})
         self.image_dir = image_dir
 
@@ -69,8 +70,8 @@ train/<ID>.jpg, valid/<ID>.jpg, test/<ID>.jpg"""
     origin = "https://zenodo.org/records/10821435 (ROCOv2)"
 
     def __init__(self, root: str | Path, split_files: dict[str, str] | None = None,
-                 image_dirs: dict[str, str] | None = None) -> None:
-        super().__init__(root)
+                 image_dirs: dict[str, str] | None = None, allow_outside_root: bool = False) -> None:
+        super().__init__(root, allow_outside_root)
         self.split_files = dict(split_files or {"train": "train_captions.csv", "val": "valid_captions.csv",
                                                 "test": "test_captions.csv"})
         self.image_dirs = dict(image_dirs or {"train": "train", "val": "valid", "test": "test"})

@@ -33,8 +33,8 @@ class IUXrayR2Gen(Source):
 images/<image_path>"""
     origin = "R2Gen's iu_xray release (github.com/zhjohnchan/R2Gen, annotation.json + images)"
 
-    def __init__(self, root: str | Path, image_dir: str = "images") -> None:
-        super().__init__(root)
+    def __init__(self, root: str | Path, image_dir: str = "images", allow_outside_root: bool = False) -> None:
+        super().__init__(root, allow_outside_root)
         self.image_dir = image_dir
 
     def records(self) -> Iterator[SourceRecord | Skip]:
@@ -72,8 +72,8 @@ images/images_normalized/<filename>"""
     origin = "https://www.kaggle.com/datasets/raddar/chest-xrays-indiana-university"
 
     def __init__(self, root: str | Path, image_dir: str = "images/images_normalized", with_impression: bool = False,
-                 val_fraction: float = 0.0, test_fraction: float = 0.0) -> None:
-        super().__init__(root)
+                 val_fraction: float = 0.0, test_fraction: float = 0.0, allow_outside_root: bool = False) -> None:
+        super().__init__(root, allow_outside_root)
         self.image_dir, self.with_impression = image_dir, with_impression
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
 

@@ -37,8 +37,8 @@ images/<image>"""
     origin = "https://github.com/microsoft/LLaVA-Med (Data Download) or any LLaVA-format file"
 
     def __init__(self, root: str | Path, split_files: dict[str, str] | None = None, image_dir: str = "images",
-                 task: str | None = None) -> None:
-        super().__init__(root)
+                 task: str | None = None, allow_outside_root: bool = False) -> None:
+        super().__init__(root, allow_outside_root)
         self.split_files = dict(split_files or {"train": "train.json"})
         self.image_dir, self.task = image_dir, task
 
@@ -89,8 +89,8 @@ images/<image>"""
     origin = "https://github.com/microsoft/LLaVA-Med (data/eval/llava_med_eval_qa50_qa.jsonl)"
 
     def __init__(self, root: str | Path, file: str = "llava_med_eval_qa50_qa.jsonl", image_dir: str = "images",
-                 split: str = "test") -> None:
-        super().__init__(root)
+                 split: str = "test", allow_outside_root: bool = False) -> None:
+        super().__init__(root, allow_outside_root)
         self.file, self.image_dir, self.split = file, image_dir, split
 
     def records(self) -> Iterator[SourceRecord | Skip]:

@@ -41,8 +41,9 @@ class Study:
 class _StudySamples(Source):
     """Studies -> samples; subclasses only read their files into :class:`Study` objects."""
 
-    def __init__(self, root: str | Path, section: str = "findings", tasks: list[str] | tuple[str, ...] = TASKS) -> None:
-        super().__init__(root)
+    def __init__(self, root: str | Path, section: str = "findings", tasks: list[str] | tuple[str, ...] = TASKS,
+                 allow_outside_root: bool = False) -> None:
+        super().__init__(root, allow_outside_root)
         if section not in ("findings", "impression"):
             raise ValueError(f"source.section must be findings or impression, not {section!r}")
         unknown = set(tasks) - set(TASKS)

@@ -24,8 +24,8 @@ images/<split>/<img_id>.jpg"""
     origin = "https://github.com/UCSD-AI4H/PathVQA (data links in its README)"
 
     def __init__(self, root: str | Path, split_files: dict[str, str] | None = None,
-                 image_dir: str = "images/{split}") -> None:
-        super().__init__(root)
+                 image_dir: str = "images/{split}", allow_outside_root: bool = False) -> None:
+        super().__init__(root, allow_outside_root)
         self.split_files = dict(split_files or {s: f"pvqa_{s}.json" for s in ("train", "val", "test")})
         self.image_dir = image_dir
 

@@ -32,8 +32,9 @@ images/<Figure_path>"""
     origin = "https://huggingface.co/datasets/xmcmic/PMC-VQA (CSV files + images.zip); github.com/xiaoman-zhang/PMC-VQA"
 
     def __init__(self, root: str | Path, split_files: dict[str, str] | None = None,
-                 image_dirs: tuple[str, ...] | list[str] = ("images", "figures")) -> None:
-        super().__init__(root)
+                 image_dirs: tuple[str, ...] | list[str] = ("images", "figures"),
+                 allow_outside_root: bool = False) -> None:
+        super().__init__(root, allow_outside_root)
         self.split_files = dict(split_files or {"train": "train_2.csv", "test": "test_2.csv"})
         self.image_dirs = tuple(image_dirs)
 

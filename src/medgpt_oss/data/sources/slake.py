@@ -27,8 +27,8 @@ imgs/xmlabN/source.jpg"""
     origin = "https://www.med-vqa.com/slake/ (SLAKE 1.0: Slake.zip with the JSON files and imgs/)"
 
     def __init__(self, root: str | Path, language: str = "en",
-                 split_files: dict[str, str] | None = None) -> None:
-        super().__init__(root)
+                 split_files: dict[str, str] | None = None, allow_outside_root: bool = False) -> None:
+        super().__init__(root, allow_outside_root)
         if language not in ("en", "zh", "all"):
             raise ValueError(f"source.language must be en, zh or all, not {language!r}")
         self.language = language

@@ -28,8 +28,9 @@ images/<image_name>            (or the OSF folder "VQA_RAD Image Folder/")"""
     origin = "https://osf.io/89kps/ (OSF: JSON + images); trainset/testset.json from the MedVQA split releases"
 
     def __init__(self, root: str | Path, split_files: dict[str, str] | None = None,
-                 image_dirs: tuple[str, ...] | list[str] = ("images", "VQA_RAD Image Folder")) -> None:
-        super().__init__(root)
+                 image_dirs: tuple[str, ...] | list[str] = ("images", "VQA_RAD Image Folder"),
+                 allow_outside_root: bool = False) -> None:
+        super().__init__(root, allow_outside_root)
         self.split_files = dict(split_files or {"train": "trainset.json", "test": "testset.json"})
         self.image_dirs = tuple(image_dirs)
 
