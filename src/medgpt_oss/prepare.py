@@ -40,6 +40,7 @@ from medgpt_oss.trust import OutsideRootError, inside_root
 log = logging.getLogger("medgpt_oss.prepare")
 KEPT_FORMATS = ("PNG", "JPEG")  # stored byte for byte; anything else PIL reads is re-encoded as PNG
 FIRST_IDS = 5                   # ids listed per skip kind in the summary (all are in skipped.jsonl)
+RUN_MARKER = ".prepare_running"  # written first, removed last: marks a folder a stopped run left as ours
 
 
 class PrepareError(ValueError):
@@ -145,6 +146,8 @@ class Preparer:
 
     def check(self, rec: SourceRecord) -> list[bytes]:
         """The record's image bytes; raises BadRecord with the first problem found."""
+        if not isinstance(rec.task, str) or not rec.task.strip():
+            raise BadRecord("bad_field", f"task {rec.task!r:.60} is not text", "give the task as a string")
         if has_bad_text(rec.conversations) or has_bad_text(rec.meta) or has_bad_text([str(p) for p in rec.images]):
             raise BadRecord("non_utf8", "text holds bytes that are not UTF-8",
                             "re-encode the source file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
@@ -221,35 +224,49 @@ def prepare(source: Source, out: str | Path, formatter: HarmonyFormatter, strict
     out = Path(out)
     clear_previous(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_MARKER).write_text("written by python -m medgpt_oss.prepare; removed when the run completes\n")
     root = None if getattr(source, "allow_outside_root", False) else source.root
     preparer = Preparer(out, formatter, strict=strict, image_root=root, **options)
     try:
         items: Iterable[SourceRecord | Skip] = source.records()
         for item in items:
             preparer.add(item)
+        report = preparer.finish(source.name)
     except BaseException:
         # Shards without a manifest are unusable and would block the rerun: remove what this run wrote.
         preparer._skipped.close()
-        for split in preparer.writers:
-            shutil.rmtree(out / split, ignore_errors=True)
-        (out / "skipped.jsonl").unlink(missing_ok=True)
+        _remove_outputs(out, list(preparer.writers))
         raise
-    return preparer.finish(source.name)
+    (out / RUN_MARKER).unlink()
+    return report
+
+
+def _remove_outputs(out: Path, splits: Iterable[str]) -> None:
+    for split in splits:
+        shutil.rmtree(out / split, ignore_errors=True)
+    for name in (MANIFEST, "skipped.jsonl", RUN_MARKER):
+        (out / name).unlink(missing_ok=True)
 
 
 def clear_previous(out: Path, overwrite: bool) -> None:
-    """A folder that already holds prepared data is replaced only with overwrite=true, and only our files."""
+    """A folder that already holds prepared data -- or what a stopped run left (its marker file says so) -- is
+    replaced only with overwrite=true, and only our files; any other non-empty folder is refused."""
     if not out.exists() or not any(out.iterdir()):
         return
-    if not (out / MANIFEST).is_file():
+    complete, stopped = (out / MANIFEST).is_file(), (out / RUN_MARKER).is_file()
+    if not (complete or stopped):
         raise FileExistsError(f"out='{out}' is not empty and holds no prepared data ({MANIFEST} is missing); "
                               "choose a new folder")
     if not overwrite:
-        raise FileExistsError(f"out='{out}' already holds prepared data; pass overwrite=true to replace it")
-    for split in json.loads((out / MANIFEST).read_text()).get("splits", {}):
-        shutil.rmtree(out / split, ignore_errors=True)
-    for name in (MANIFEST, "skipped.jsonl"):
-        (out / name).unlink(missing_ok=True)
+        what = "prepared data" if complete else "the output of a prepare run that stopped"
+        raise FileExistsError(f"out='{out}' already holds {what}; pass overwrite=true to replace it")
+    try:
+        splits = list(json.loads((out / MANIFEST).read_text()).get("splits", {})) if complete else []
+    except (OSError, ValueError, AttributeError):
+        splits = []
+    # Split folders that hold nothing but shards (a stopped run wrote no manifest to list them).
+    splits += [p.name for p in out.iterdir() if p.is_dir() and all(f.suffix == ".parquet" for f in p.iterdir())]
+    _remove_outputs(out, splits)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")

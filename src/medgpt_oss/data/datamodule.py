@@ -12,22 +12,37 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medgpt_oss.data.conversation import IGNORE_INDEX
-from medgpt_oss.data.jsonl import read_jsonl
+from medgpt_oss.data.jsonl import read_jsonl, read_records
 from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
 
 
 class ConversationDataset(Dataset):
-    """Records of one split, optionally restricted to some tasks, processed lazily."""
+    """Records of one split, optionally restricted to some tasks, processed lazily.
+
+    Every record's structure is checked here, when the data module is set up, never inside the training
+    loop: a line that is not a record object, or a record without a conversation of turns or with an
+    ``image`` that is not file names, is a counted skip named in ``problems`` (``strict``: an error at once).
+    """
 
     def __init__(self, path: Path, processor: SampleProcessor, tasks: Sequence[str] | None = None,
                  strict: bool = False) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"split file '{path}' does not exist; set data.root to a prepared data folder")
-        records = read_jsonl(path)
-        self.records = [r for r in records if tasks is None or r.get("task") in tasks]
+        records, self.problems = read_records(path)
+        kept = []
+        for record in records:
+            problem = record_problem(record)
+            if problem is not None:
+                self.problems.append(f"record '{record['id']}' ({path.name}): {problem}")
+            elif tasks is None or record.get("task") in tasks:
+                kept.append(record)
+        if strict and self.problems:
+            raise ValueError(f"{self.problems[0]} (data.strict=false skips and counts such records instead)")
+        self.records = kept
         if not self.records:
             found = sorted({str(r.get("task")) for r in records})
-            raise ValueError(f"'{path}' has no records of tasks {list(tasks or [])}; it has tasks {found}")
+            raise ValueError(f"'{path}' has no usable records of tasks {list(tasks or [])}; it has tasks {found}"
+                             + (f"; {len(self.problems)} bad records, e.g. {self.problems[0]}" if self.problems else ""))
         self.processor, self.strict = processor, strict
 
     def __len__(self) -> int:
@@ -35,6 +50,20 @@ class ConversationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.processor.process(self.records[index], strict=self.strict)
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """What makes a record unusable before any image is read or token made (``None``: nothing)."""
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) for t in turns):
+        return "no 'conversations' list of turns -- give [{from, value}, ...]"
+    image = record.get("image")
+    images = [] if image is None else [image] if isinstance(image, str) else image
+    if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
+        return f"'image' is {image!r:.60}, not a file name or a list of them"
+    if not isinstance(record.get("task", ""), str):
+        return f"'task' is {record['task']!r:.60}, not text"
+    return None
 
 
 class CountsSkippedSamples:
@@ -160,8 +189,14 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split in filter(None, (self.train_split, self.val_split)):
             if split not in self.datasets:
-                self.datasets[split] = ConversationDataset(self.root / f"{split}.jsonl", self.processor, self.tasks,
-                                                           strict=self.strict)
+                dataset = ConversationDataset(self.root / f"{split}.jsonl", self.processor, self.tasks,
+                                              strict=self.strict)
+                self.datasets[split] = dataset
+                if dataset.problems:
+                    rank_zero_info(f"{split}: skipped {len(dataset.problems)} bad records at setup "
+                                   f"(data.strict=true stops at the first):\n  " + "\n  ".join(dataset.problems[:20]))
+                    if split == self.train_split:  # counted with the samples skipped in training (data/skipped)
+                        self.skipped_total += len(dataset.problems)
 
     def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(

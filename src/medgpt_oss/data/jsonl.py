@@ -18,3 +18,32 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from exc
     return records
+
+
+def read_records(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The JSON objects of a JSONL file, and one problem per line that is not one (naming file and line).
+
+    A line that is not valid JSON, not an object, or holds bytes that are not UTF-8 is a problem to count,
+    not a reason to stop reading the other lines (a record file of a million lines with one bad line is
+    still a million records).
+    """
+    records, problems = [], []
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{Path(path).name}:{line_no}"
+            if any("\udc80" <= ch <= "\udcff" for ch in line):
+                problems.append(f"{where}: bytes that are not UTF-8 -- re-encode the file as UTF-8")
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{where}: not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(record, dict):
+                problems.append(f"{where}: a JSON {type(record).__name__}, not a record object")
+                continue
+            record.setdefault("id", where)  # a record without an id is named by where it is
+            records.append(record)
+    return records, problems

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,31 @@ class SourceLayoutError(FileNotFoundError):
     """The source root is missing or does not hold the published files."""
 
 
+class BadField(ValueError):
+    """A record field that is missing or not of its published type (raised by :func:`text`)."""
+
+    def __init__(self, kind: str, reason: str, fix: str = "") -> None:
+        super().__init__(reason)
+        self.kind, self.reason, self.fix = kind, reason, fix
+
+
+def _json_type(value: Any) -> str:
+    return {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def text(rec: dict[str, Any], key: str) -> str:
+    """A text field, stripped. Never stringified: ``null``, numbers, booleans and lists are not questions or
+    answers (``str()`` would train on "None", "True", "nan", "['a', 'b']")."""
+    if key not in rec:
+        raise BadField("missing_field", f"no field '{key}'", f"give every record a '{key}'")
+    value = rec[key]
+    if not isinstance(value, str):
+        raise BadField("bad_field", f"'{key}' is {_json_type(value)} ({value!r:.60}), not text",
+                       f"give '{key}' as a string")
+    return value.strip()
+
+
 def turns(*texts: str) -> list[dict[str, str]]:
     """Alternating human/gpt LLaVA turns."""
     return [{"from": "human" if i % 2 == 0 else "gpt", "value": t} for i, t in enumerate(texts)]
@@ -63,12 +88,12 @@ def turns(*texts: str) -> list[dict[str, str]]:
 
 def stable_choice(key: str, options: list[str] | tuple[str, ...]) -> str:
     """The same option for the same key on every run and machine (unlike ``hash``)."""
-    return options[int(hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest(), 16) % len(options)]
+    return options[int(hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest(), 16) % len(options)]
 
 
 def stable_split(key: str, val_fraction: float, test_fraction: float) -> str:
     """A deterministic split for sources that publish none."""
-    u = int(hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:8], 16) / 0xFFFFFFFF
+    u = int(hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
 
 
@@ -88,6 +113,40 @@ class Source(PublishedLayout):
     def records(self) -> Iterator[SourceRecord | Skip]:
         raise NotImplementedError
 
+    def each(self, split: str, entries: Iterable[tuple[str, Any]],
+             convert: Callable[[str, dict[str, Any]], Iterator[SourceRecord | Skip]],
+             record_id: Callable[[dict[str, Any]], Any] | None = None,
+             id_prefix: str | None = None) -> Iterator[SourceRecord | Skip]:
+        """``convert(rid, record)`` for every raw entry of a published file, so that one bad record never stops
+        a run: an entry that is not a JSON object, a field of the wrong type or a record ``convert`` cannot
+        parse becomes a counted skip with the record's id (``record_id(record)``, after ``id_prefix``, default
+        the source's name and "-") or, without one, where it is (e.g. ``vqa_rad-trainset.json[12]``). An id of
+        ``0`` is an id. A record's samples are yielded only once all of them parsed."""
+        prefix = f"{self.name}-" if id_prefix is None else id_prefix
+        for where, rec in entries:
+            if isinstance(rec, Skip):
+                rec.split = rec.split or split
+                yield rec
+                continue
+            rid = f"{prefix}{where}"
+            if not isinstance(rec, dict):
+                yield Skip(rid, "bad_record", f"{where} is {_json_type(rec)}, not a record object",
+                           "give each record as a JSON object", split)
+                continue
+            own_id = record_id(rec) if record_id else None
+            if isinstance(own_id, (str, int)) and not isinstance(own_id, bool) and str(own_id).strip():
+                rid = f"{prefix}{own_id}"
+            try:
+                items = list(convert(rid, rec))
+            except BadField as bad:
+                yield Skip(rid, bad.kind, f"{where}: {bad.reason}", bad.fix, split)
+                continue
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                yield Skip(rid, "bad_record", f"{where}: {type(exc).__name__}: {exc}",
+                           "check the record against the published schema", split)
+                continue
+            yield from items
+
     # -- readers (see the module docstring for the encoding policy) ----------------------------
 
     def read_json(self, path: Path) -> Any:
@@ -95,6 +154,14 @@ class Source(PublishedLayout):
             return json.loads(path.read_bytes().decode("utf-8", "surrogateescape"))
         except json.JSONDecodeError as exc:
             raise self.layout_error(f"'{path}' is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+
+    def json_list(self, path: Path) -> Iterator[tuple[str, Any]]:
+        """``(where, entry)`` for each entry of a file holding one JSON list (``where``: ``name[i]``)."""
+        data = self.read_json(path)
+        if not isinstance(data, list):
+            raise self.layout_error(f"'{path}' must hold a JSON list of records, not {_json_type(data)}")
+        for i, rec in enumerate(data):
+            yield f"{path.name}[{i}]", rec
 
     def read_jsonl(self, path: Path) -> Iterator[tuple[int, dict[str, Any] | Skip]]:
         """(line number, record) pairs; a line that is not a JSON object is a Skip, not a failed file."""
@@ -118,9 +185,10 @@ class Source(PublishedLayout):
 
 
 def has_bad_text(value: Any) -> bool:
-    """True if any string inside holds a byte that was not UTF-8 (a lone surrogate)."""
+    """True if any string inside holds a lone surrogate: a byte that was not UTF-8 (surrogateescape), or a
+    ``\\ud800``-style escape in valid JSON. Neither is text a tokenizer can encode."""
     if isinstance(value, str):
-        return any("\udc80" <= ch <= "\udcff" for ch in value)
+        return any("\ud800" <= ch <= "\udfff" for ch in value)
     if isinstance(value, dict):
         return any(has_bad_text(k) or has_bad_text(v) for k, v in value.items())
     if isinstance(value, (list, tuple)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, stable_choice, turns
+from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, stable_choice, text, turns
 
 # LLaVA's alignment data asks for a caption in varied words; the choice is fixed per image id.
 CAPTION_PROMPTS = (
@@ -42,17 +42,14 @@ images/<image>"""
     def records(self) -> Iterator[SourceRecord | Skip]:
         image_dir = self.require(self.image_dir)
         for split, filename in self.split_files.items():
-            for line_no, rec in self.read_jsonl(self.require(filename)):
-                if isinstance(rec, Skip):
-                    rec.split = split
-                    yield rec
-                    continue
-                image = rec.get("image")
-                rid = f"pmc_oa-{Path(str(image)).stem if image else f'{filename}:{line_no}'}"
-                if not image or not isinstance(rec.get("caption"), str):
-                    yield Skip(rid, "missing_field", f"{filename}:{line_no} needs 'image' and 'caption'", "", split)
-                    continue
-                yield caption_record(self.name, rid, split, image_dir / image, rec["caption"], {"line": line_no})
+            entries = ((f"{filename}:{line_no}", rec) for line_no, rec in self.read_jsonl(self.require(filename)))
+            yield from self.each(split, entries, lambda rid, rec, split=split: self._record(rid, rec, split, image_dir),
+                                 record_id=lambda rec: Path(rec["image"]).stem if isinstance(rec.get("image"), str)
+                                 else None)
+
+    def _record(self, rid: str, rec: dict, split: str, image_dir: Path) -> Iterator[SourceRecord]:
+        image, caption = text(rec, "image"), text(rec, "caption")
+        yield caption_record(self.name, rid, split, image_dir / image, caption, {})
 
 
 class ROCOCaptions(Source):

@@ -38,19 +38,29 @@ images/<image_path>"""
         self.image_dir = image_dir
 
     def records(self) -> Iterator[SourceRecord | Skip]:
-        data = self.read_json(self.require("annotation.json"))
+        path = self.require("annotation.json")
+        data = self.read_json(path)
+        if not isinstance(data, dict):
+            raise self.layout_error(f"'{path}' must hold {{train, val, test: [records]}}")
         image_dir = self.require(self.image_dir)
         for split, recs in data.items():
-            for i, rec in enumerate(recs):
-                rid = f"iu_xray-{rec.get('id', f'{split}{i}')}"
-                report, paths = rec.get("report"), rec.get("image_path") or []
-                if not isinstance(report, str) or not report.strip():
-                    yield Skip(rid, "empty_findings", "empty or missing report", "IU X-ray has studies without "
-                               "findings; nothing to fix unless you expected one", split, expected=True)
-                elif not paths:
-                    yield Skip(rid, "missing_field", "no image_path", "", split)
-                else:
-                    yield report_record(rid, split, [image_dir / p for p in paths], report, {"study": rec.get("id")})
+            entries = ((f"annotation.json[{split}][{i}]", rec) for i, rec in enumerate(recs if isinstance(recs, list)
+                                                                                     else [recs]))
+            yield from self.each(split, entries, lambda rid, rec, split=split: self._record(rid, rec, split, image_dir),
+                                 record_id=lambda rec: rec.get("id"))
+
+    def _record(self, rid: str, rec: dict, split: str, image_dir: Path) -> Iterator[SourceRecord | Skip]:
+        report, paths = rec.get("report"), rec.get("image_path") or []
+        if not isinstance(report, str) or not report.strip():
+            yield Skip(rid, "empty_findings", "empty or missing report", "IU X-ray has studies without "
+                       "findings; nothing to fix unless you expected one", split, expected=True)
+        elif not paths:
+            yield Skip(rid, "missing_field", "no image_path", "", split)
+        elif not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+            yield Skip(rid, "bad_field", f"image_path {paths!r:.60} is not a list of file names",
+                       "give image_path as a list of strings", split)
+        else:
+            yield report_record(rid, split, [image_dir / p for p in paths], report, {"study": rec.get("id")})
 
 
 class IUXrayKaggle(Source):

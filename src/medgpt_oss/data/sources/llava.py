@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, turns
+from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, text, turns
 
 
 def infer_task(conversations: list[dict[str, Any]], has_image: bool) -> str:
@@ -47,30 +47,32 @@ images/<image>"""
             for line_no, rec in self.read_jsonl(path):
                 yield f"{path.name}:{line_no}", rec
         else:
-            data = self.read_json(path)
-            if not isinstance(data, list):
-                raise self.layout_error(f"'{path}' must hold a JSON list of records")
-            for i, rec in enumerate(data):
-                yield f"{path.name}[{i}]", rec
+            yield from self.json_list(path)
 
     def records(self) -> Iterator[SourceRecord | Skip]:
         for split, filename in self.split_files.items():
-            for where, rec in self._entries(self.require(filename)):
-                if isinstance(rec, Skip):
-                    rec.split = split
-                    yield rec
-                    continue
-                rid = str(rec.get("id") or where)
-                conv = rec.get("conversations")
-                if not isinstance(conv, list) or not all(isinstance(t, dict) for t in conv):
-                    yield Skip(rid, "missing_field", f"{where}: 'conversations' is not a list of turns",
-                               "give conversations as [{from, value}, ...]", split)
-                    continue
-                image = rec.get("image")
-                images = [] if image is None else [image] if isinstance(image, str) else list(image)
-                task = self.task or rec.get("task") or infer_task(conv, bool(images))
-                meta = {k: v for k, v in rec.items() if k not in ("id", "image", "conversations", "task")}
-                yield SourceRecord(rid, task, split, conv, [self.root / self.image_dir / p for p in images], meta)
+            yield from self.each(split, self._entries(self.require(filename)),
+                                 lambda rid, rec, split=split: self._record(rid, rec, split),
+                                 record_id=lambda rec: rec.get("id"), id_prefix="")  # ids as the file gives them
+
+    def _record(self, rid: str, rec: dict[str, Any], split: str) -> Iterator[SourceRecord | Skip]:
+        conv = rec.get("conversations")
+        if not isinstance(conv, list) or not all(isinstance(t, dict) for t in conv):
+            yield Skip(rid, "missing_field", "'conversations' is not a list of turns",
+                       "give conversations as [{from, value}, ...]", split)
+            return
+        image = rec.get("image")
+        images = [] if image is None else [image] if isinstance(image, str) else image
+        if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
+            yield Skip(rid, "bad_field", f"'image' is {image!r:.60}, not a file name or a list of them",
+                       "give image as a string or a list of strings", split)
+            return
+        task = self.task or rec.get("task") or infer_task(conv, bool(images))
+        if not isinstance(task, str):
+            yield Skip(rid, "bad_field", f"'task' is {task!r:.60}, not text", "give task as a string", split)
+            return
+        meta = {k: v for k, v in rec.items() if k not in ("id", "image", "conversations", "task")}
+        yield SourceRecord(rid, task, split, conv, [self.root / self.image_dir / p for p in images], meta)
 
 
 class LLaVAMedQA50(Source):
@@ -94,18 +96,13 @@ images/<image>"""
         self.file, self.image_dir, self.split = file, image_dir, split
 
     def records(self) -> Iterator[SourceRecord | Skip]:
-        for line_no, rec in self.read_jsonl(self.require(self.file)):
-            if isinstance(rec, Skip):
-                rec.split = self.split
-                yield rec
-                continue
-            rid = f"llava_med_qa50-{rec.get('question_id', f'line{line_no}')}"
-            if not isinstance(rec.get("text"), str) or not rec.get("image"):
-                yield Skip(rid, "missing_field", f"line {line_no} needs 'text' and 'image'", "", self.split)
-                continue
-            question = rec["text"] if "<image>" in rec["text"] else "<image>\n" + rec["text"]
-            answer = rec.get("gpt4_answer")
-            meta = {"type": rec.get("type"), "domain": rec.get("domain"),
-                    "pair_id": rec.get("pair_id")}
-            yield SourceRecord(rid, "open", self.split, turns(question, answer if isinstance(answer, str) else ""),
-                               [self.root / self.image_dir / rec["image"]], meta)
+        entries = ((f"{self.file}:{line_no}", rec) for line_no, rec in self.read_jsonl(self.require(self.file)))
+        yield from self.each(self.split, entries, self._record, record_id=lambda rec: rec.get("question_id"))
+
+    def _record(self, rid: str, rec: dict[str, Any]) -> Iterator[SourceRecord | Skip]:
+        question, image = text(rec, "text"), text(rec, "image")
+        question = question if "<image>" in question else "<image>\n" + question
+        answer = rec.get("gpt4_answer")
+        meta = {"type": rec.get("type"), "domain": rec.get("domain"), "pair_id": rec.get("pair_id")}
+        yield SourceRecord(rid, "open", self.split, turns(question, answer if isinstance(answer, str) else ""),
+                           [self.root / self.image_dir / image], meta)

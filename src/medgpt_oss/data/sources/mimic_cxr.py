@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, turns
+from medgpt_oss.data.sources.base import BadField, Skip, Source, SourceRecord, turns
 from medgpt_oss.eval.benchmarks.reports import report_section
 
 FRONTAL, LATERAL = ("PA", "AP"), ("LATERAL", "LL")
@@ -55,7 +55,9 @@ class _StudySamples(Source):
         raise NotImplementedError
 
     def records(self) -> Iterator[SourceRecord | Skip]:
+        self.study_skips: list[Skip] = []  # records studies() could not read (named; counted by prepare)
         studies = self.studies()
+        yield from self.study_skips
         priors = self._priors(studies) if "longitudinal" in self.tasks else {}
         for s in studies:
             rid, meta = f"{self.name}-s{s.study_id}", {"study_id": s.study_id, "subject_id": s.subject_id}
@@ -199,14 +201,27 @@ mimic-cxr-2.0.0-metadata.csv   (for longitudinal samples) StudyDate, StudyTime p
             raise self.layout_error("longitudinal samples need mimic-cxr-2.0.0-metadata.csv "
                                     "(or drop them: source.tasks=[report,multiview_report])")
         when = self._read_order(metadata)[0] if metadata.is_file() else {}
+        if not isinstance(data, dict):
+            raise self.layout_error("annotation.json must hold {train, val, test: [records]}")
+
+        def study(split: str, rec: dict) -> Iterator[Study]:
+            study_id = str(rec.get("study_id") or rec.get("id"))
+            paths = rec.get("image_path") or []
+            if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+                raise BadField("bad_field", f"image_path {paths!r:.60} is not a list of file names",
+                               "give image_path as a list of strings")
+            views = [str(v).upper() for v in rec.get("view") or []] or ["PA", "LATERAL"][: len(paths)]
+            report = rec.get("report")
+            yield Study(study_id, str(rec.get("subject_id")), SPLIT_NAMES.get(split, split),
+                        " ".join(report.split()) if isinstance(report, str) and report.strip() else None,
+                        [(v, image_dir / p) for v, p in zip(views, paths)], when.get(study_id))
+
         studies = []
         for split, recs in data.items():
-            for rec in recs:
-                study_id = str(rec.get("study_id") or rec.get("id"))
-                paths = list(rec.get("image_path") or [])
-                views = [str(v).upper() for v in rec.get("view") or []] or ["PA", "LATERAL"][: len(paths)]
-                report = rec.get("report")
-                studies.append(Study(study_id, str(rec.get("subject_id")), SPLIT_NAMES.get(split, split),
-                                     " ".join(report.split()) if isinstance(report, str) and report.strip() else None,
-                                     [(v, image_dir / p) for v, p in zip(views, paths)], when.get(study_id)))
+            entries = ((f"annotation.json[{split}][{i}]", rec) for i, rec in enumerate(recs if isinstance(recs, list)
+                                                                                     else [recs]))
+            for item in self.each(SPLIT_NAMES.get(split, split), entries,
+                                  lambda rid, rec, split=split: study(split, rec),
+                                  record_id=lambda rec: rec.get("study_id") or rec.get("id")):
+                (self.study_skips if isinstance(item, Skip) else studies).append(item)
         return studies

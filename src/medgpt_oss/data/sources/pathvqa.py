@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, turns
+from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, text, turns
 
 
 class PathVQA(Source):
@@ -38,23 +38,31 @@ images/<split>/<img_id>.jpg"""
 
     def records(self) -> Iterator[SourceRecord | Skip]:
         for split, filename in self.split_files.items():
-            for rec in self.read_json(self.require(filename)):
-                img_id = str(rec.get("img_id"))
-                try:
-                    labels, questions = rec["labelf"]["pvqa"], rec["sentf"]["pvqa"]
-                except (KeyError, TypeError) as exc:
-                    yield Skip(f"pathvqa-{img_id}", "missing_field", f"no field {exc}", "", split)
-                    continue
-                if len(labels) != len(questions):
-                    yield Skip(f"pathvqa-{img_id}", "label_count", f"{len(questions)} questions but "
-                               f"{len(labels)} labels", "give one {answer: 1} label per question", split)
-                    continue
-                for i, (label, question) in enumerate(zip(labels, questions)):
-                    rid = f"pathvqa-{img_id}-{i}"
-                    if not isinstance(label, dict) or not label:
-                        yield Skip(rid, "missing_field", f"label {label!r} is not an {{answer: score}} object", "", split)
-                        continue
-                    answer = str(max(label, key=label.get)).strip()
-                    kind = "closed" if answer.lower() in ("yes", "no") else "open"
-                    yield SourceRecord(rid, kind, split, turns(f"<image>\n{str(question).strip()}", answer),
-                                       [self._image(split, img_id)], {"answer_type": kind, "img_id": img_id})
+            yield from self.each(split, self.json_list(self.require(filename)),
+                                 lambda rid, rec, split=split: self._records(rid, rec, split),
+                                 record_id=lambda rec: rec.get("img_id"))
+
+    def _records(self, rid: str, rec: dict, split: str) -> Iterator[SourceRecord | Skip]:
+        img_id = text(rec, "img_id")
+        try:
+            labels, questions = rec["labelf"]["pvqa"], rec["sentf"]["pvqa"]
+        except (KeyError, TypeError) as exc:
+            yield Skip(rid, "missing_field", f"no field {exc}", "", split)
+            return
+        if not isinstance(labels, list) or not isinstance(questions, list) or len(labels) != len(questions):
+            yield Skip(rid, "label_count", f"{len(questions)} questions but {len(labels)} labels",
+                       "give one {answer: 1} label per question", split)
+            return
+        for i, (label, question) in enumerate(zip(labels, questions)):
+            qid = f"{rid}-{i}"
+            if not isinstance(label, dict) or not label or not all(isinstance(a, str) for a in label):
+                yield Skip(qid, "missing_field", f"label {label!r:.60} is not an {{answer: score}} object", "", split)
+                continue
+            if not isinstance(question, str):
+                yield Skip(qid, "bad_field", f"question {i} is {type(question).__name__}, not text",
+                           "give each question as a string", split)
+                continue
+            answer = max(label, key=label.get).strip()
+            kind = "closed" if answer.lower() in ("yes", "no") else "open"
+            yield SourceRecord(qid, kind, split, turns(f"<image>\n{question.strip()}", answer),
+                               [self._image(split, img_id)], {"answer_type": kind, "img_id": img_id})

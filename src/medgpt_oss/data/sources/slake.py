@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, turns
+from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, text, turns
 
 META_FIELDS = ("answer_type", "modality", "content_type", "location", "base_type", "q_lang", "qid", "img_id")
 
@@ -37,24 +37,21 @@ imgs/xmlabN/source.jpg"""
     def records(self) -> Iterator[SourceRecord | Skip]:
         imgs = self.require("imgs")
         for split, filename in self.split_files.items():
-            for i, rec in enumerate(self.read_json(self.require(filename))):
-                rid = f"slake-{rec.get('qid', f'{split}{i}')}"
-                if self.language != "all" and rec.get("q_lang") != self.language:
-                    # the other language: not a bad record, just not selected -- counted, so the totals add up
-                    yield Skip(rid, "other_language", f"q_lang {rec.get('q_lang')!r}",
-                               "source.language=all keeps both", split, expected=True)
-                    continue
-                try:
-                    kind = str(rec["answer_type"]).strip().lower()
-                    question, answer = str(rec["question"]).strip(), str(rec["answer"]).strip()
-                    image = imgs / rec["img_name"]
-                except KeyError as exc:
-                    yield Skip(rid, "missing_field", f"no field {exc}", "give every entry img_name/question/answer/"
-                               "answer_type", split)
-                    continue
-                if kind not in ("closed", "open"):
-                    yield Skip(rid, "bad_answer_type", f"answer_type {rec['answer_type']!r}", "use OPEN or CLOSED", split)
-                    continue
-                meta = {k: rec.get(k) for k in META_FIELDS}
-                meta["answer_type"] = kind
-                yield SourceRecord(rid, kind, split, turns(f"<image>\n{question}", answer), [image], meta)
+            yield from self.each(split, self.json_list(self.require(filename)),
+                                 lambda rid, rec, split=split: self._record(rid, rec, split, imgs),
+                                 record_id=lambda rec: rec.get("qid"))
+
+    def _record(self, rid: str, rec: dict, split: str, imgs: Path) -> Iterator[SourceRecord | Skip]:
+        if self.language != "all" and rec.get("q_lang") != self.language:
+            # the other language: not a bad record, just not selected -- counted, so the totals add up
+            yield Skip(rid, "other_language", f"q_lang {rec.get('q_lang')!r}",
+                       "source.language=all keeps both", split, expected=True)
+            return
+        kind = text(rec, "answer_type").lower()
+        question, answer, image = text(rec, "question"), text(rec, "answer"), imgs / text(rec, "img_name")
+        if kind not in ("closed", "open"):
+            yield Skip(rid, "bad_answer_type", f"answer_type {rec['answer_type']!r}", "use OPEN or CLOSED", split)
+            return
+        meta = {k: rec.get(k) for k in META_FIELDS}
+        meta["answer_type"] = kind
+        yield SourceRecord(rid, kind, split, turns(f"<image>\n{question}", answer), [image], meta)

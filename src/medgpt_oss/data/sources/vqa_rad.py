@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, turns
+from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, text, turns
 
 
 class VQARAD(Source):
@@ -37,21 +37,18 @@ images/<image_name>            (or the OSF folder "VQA_RAD Image Folder/")"""
     def records(self) -> Iterator[SourceRecord | Skip]:
         image_dir = self.require(*self.image_dirs)
         for split, filename in self.split_files.items():
-            for i, rec in enumerate(self.read_json(self.require(filename))):
-                rid = f"vqa_rad-{rec.get('qid', f'{split}{i}')}"
-                try:
-                    kind = str(rec["answer_type"]).strip().lower()
-                    question, answer, image = str(rec["question"]).strip(), str(rec["answer"]).strip(), rec["image_name"]
-                except KeyError as exc:
-                    yield Skip(rid, "missing_field", f"no field {exc}", "give every entry question/answer/"
-                               "answer_type/image_name", split)
-                    continue
-                if kind not in ("closed", "open"):
-                    yield Skip(rid, "bad_answer_type", f"answer_type {rec['answer_type']!r}",
-                               "use CLOSED or OPEN", split)
-                    continue
-                yield SourceRecord(
-                    rid, kind, split, turns(f"<image>\n{question}", answer), [image_dir / image],
-                    {"answer_type": kind, "question_type": rec.get("question_type"),
-                     "image_organ": rec.get("image_organ"), "phrase_type": rec.get("phrase_type"), "qid": rec.get("qid")},
-                )
+            yield from self.each(split, self.json_list(self.require(filename)),
+                                 lambda rid, rec, split=split: self._record(rid, rec, split, image_dir),
+                                 record_id=lambda rec: rec.get("qid"))
+
+    def _record(self, rid: str, rec: dict, split: str, image_dir: Path) -> Iterator[SourceRecord | Skip]:
+        kind = text(rec, "answer_type").lower()
+        question, answer, image = text(rec, "question"), text(rec, "answer"), text(rec, "image_name")
+        if kind not in ("closed", "open"):
+            yield Skip(rid, "bad_answer_type", f"answer_type {rec['answer_type']!r}", "use CLOSED or OPEN", split)
+            return
+        yield SourceRecord(
+            rid, kind, split, turns(f"<image>\n{question}", answer), [image_dir / image],
+            {"answer_type": kind, "question_type": rec.get("question_type"), "image_organ": rec.get("image_organ"),
+             "phrase_type": rec.get("phrase_type"), "qid": rec.get("qid")},
+        )
