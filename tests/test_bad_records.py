@@ -159,3 +159,78 @@ def test_jsonl_training_counts_bad_lines_at_setup_and_trains_on_the_rest(medsynt
     assert trainer.global_step == 2 and trainer.datamodule.skipped_total >= len(BAD_LINES)
     with pytest.raises(ValueError, match=r"train.jsonl:4: not valid JSON .*data.strict=false"):
         train(compose_train(overrides + ["data.strict=true"], tmp_path / "strict", medsynth_dir))
+
+
+def test_a_truncated_shard_is_reported_with_its_file_name(tmp_path, formatter):
+    from medgpt_oss.data.shards import ShardError, iter_row_group, read_manifest
+    from medgpt_oss.data.streaming import ShardIndex
+
+    out = tmp_path / "out"
+    prepare(VQARAD(hostile_vqa_rad(tmp_path / "src")), out, formatter)
+    shard = read_manifest(out)["splits"]["train"]["shards"][0]["path"]
+    data = (out / shard).read_bytes()
+    (out / shard).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ShardError, match=rf"shard '.*{shard}' cannot be read .*prepare the folder again"):
+        ShardIndex.open(out, "train")
+    with pytest.raises(ShardError, match=shard):
+        list(iter_row_group(out, shard, 0))
+
+
+def write_llava(root: Path, images: dict[str, str]) -> None:
+    write_raw(root / "train.json", json.dumps([
+        {"id": rid, "image": name, "conversations": [{"from": "human", "value": "<image>\nWhat is shown?"},
+                                                      {"from": "gpt", "value": "A scan."}]}
+        for rid, name in images.items()]))
+
+
+def test_unusual_images_are_kept_and_the_report_says_what_was_done(tmp_path, formatter):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from medgpt_oss.data.images import load_image
+
+    root = tmp_path / "src"
+    (root / "images").mkdir(parents=True)
+    ramp = np.linspace(-3.5, 900.25, 24 * 16, dtype=np.float32).reshape(24, 16)
+    Image.fromarray(ramp, mode="F").save(root / "images" / "float.tif")
+    Image.fromarray((ramp * 1e5).astype(np.int32), mode="I").save(root / "images" / "int32.tif")
+    frames = [Image.new("L", (20, 20), shade) for shade in (30, 220)]
+    frames[0].save(root / "images" / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (300, 200), (10, 200, 30)).save(root / "images" / "big.png")
+    write_llava(root, {"float": "float.tif", "int32": "int32.tif", "anim": "anim.gif", "big": "big.png"})
+    report = prepare(LLaVAConversations(root), tmp_path / "out", formatter, max_pixels=6_000)
+    assert report["written"] == 4 and report["skipped"] == 0
+    assert report["images_converted"] == {"animated_first_frame": 1, "high_bit_depth_to_8bit": 2,
+                                          "reduced_to_pixel_limit": 1}
+    stored = {rid: rec["image_bytes"][0] for rid, rec in read_back(tmp_path / "out").items()}
+    for rid, name in (("float", "float.tif"), ("int32", "int32.tif")):  # what training would have read from the file
+        assert np.array_equal(np.asarray(load_image(io.BytesIO(stored[rid]))),
+                              np.asarray(load_image(root / "images" / name)))
+    assert np.asarray(load_image(io.BytesIO(stored["anim"])))[0, 0, 0] == 30  # the first frame
+    width, height = Image.open(io.BytesIO(stored["big"])).size
+    assert width * height <= 6_000 and abs(width / height - 1.5) < 0.05
+
+
+def test_duplicate_ids_are_counted_with_examples(tmp_path, formatter):
+    root = tmp_path / "src"
+    write_image(root / "images" / "a.png")
+    write_raw(root / "train.json", json.dumps([
+        {"id": rid, "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                                         {"from": "gpt", "value": "A film."}]}
+        for rid in ("one", "dup", "two", "dup", "dup")]))
+    report = prepare(LLaVAConversations(root), tmp_path / "out", formatter)
+    assert report["duplicate_ids"] == {"count": 2, "first_ids": ["dup"]}  # kept, counted, named once
+
+
+def test_a_benchmark_with_repeated_item_ids_fails_at_load_naming_them(tmp_path):
+    from medgpt_oss.eval.benchmarks.vqa import VQARAD as VQARADBenchmark
+    from medgpt_oss.eval.runner import DuplicateItemIds, RunOptions, run_benchmark
+
+    root = tmp_path / "vqa_rad"
+    write_image(root / "images" / "synpic1.jpg", "JPEG", 90)
+    write_raw(root / "testset.json", json.dumps([entry(7), entry(8), entry(7)]))
+    with pytest.raises(DuplicateItemIds, match=r"1 item ids used more than once, e.g. \['vqa_rad-7'\]"):
+        run_benchmark(VQARADBenchmark(str(root)), RunOptions(out_dir=tmp_path / "eval", progress=False),
+                      predictions={})

@@ -14,6 +14,7 @@ marks as expected, such as IU X-ray's studies without findings, are still only c
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -33,12 +34,14 @@ from PIL import Image, UnidentifiedImageError
 from medgpt_oss.config import CONF_DIR
 from medgpt_oss.data.conversation import ConversationError, HarmonyFormatter
 from medgpt_oss.data.dicom import is_dicom, read_dicom
+from medgpt_oss.data.images import MAX_PIXELS, decode_within, to_rgb
 from medgpt_oss.data.shards import MANIFEST, PreparedRecord, ShardWriter, write_manifest
 from medgpt_oss.data.sources.base import Skip, Source, SourceLayoutError, SourceRecord, has_bad_text
 from medgpt_oss.trust import OutsideRootError, inside_root
 
 log = logging.getLogger("medgpt_oss.prepare")
 KEPT_FORMATS = ("PNG", "JPEG")  # stored byte for byte; anything else PIL reads is re-encoded as PNG
+PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")  # what PNG stores as is
 FIRST_IDS = 5                   # ids listed per skip kind in the summary (all are in skipped.jsonl)
 RUN_MARKER = ".prepare_running"  # written first, removed last: marks a folder a stopped run left as ours
 
@@ -55,8 +58,10 @@ class BadRecord(Exception):
 
 # -- images ------------------------------------------------------------------------------------
 
-def encode_image(path: Path, dicom_options: dict[str, Any]) -> bytes:
-    """The bytes to store for one image file; raises BadRecord when it cannot be used."""
+def encode_image(path: Path, dicom_options: dict[str, Any], max_pixels: int = MAX_PIXELS) -> tuple[bytes, list[str]]:
+    """The bytes to store for one image file and what was done to them (``notes``, counted in the report);
+    raises BadRecord when it cannot be used. PNG/JPEG are stored byte for byte; the first frame of an
+    animated image, an image reduced to ``max_pixels``, and every other format are stored as PNG."""
     if not path.is_file():
         if path.exists():  # a directory, device or pipe: there, but not an image file
             raise BadRecord("not_a_file", f"image '{path}' is not a regular file", "point the record at an image file")
@@ -73,16 +78,20 @@ def encode_image(path: Path, dicom_options: dict[str, Any]) -> bytes:
             raise BadRecord("corrupt_image", f"DICOM '{path}' cannot be read ({exc})", "check the file") from exc
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        return buffer.getvalue()
+        return buffer.getvalue(), []
     data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.load()  # a full decode: Image.open alone reads only the header and misses truncation
-            if image.format in KEPT_FORMATS:
-                return data
+            animated = getattr(image, "n_frames", 1) > 1
+            reduced = decode_within(image, max_pixels)  # a full decode: Image.open alone misses truncation
+            if image.format in KEPT_FORMATS and not (animated or reduced):
+                return data, []
+            notes = ["animated_first_frame"] * animated + ["reduced_to_pixel_limit"] * reduced
+            if image.mode not in PNG_MODES:  # float and 32-bit TIFFs: 8-bit over their range, as training reads them
+                image, notes = to_rgb(image), notes + ["high_bit_depth_to_8bit"]
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
-            return buffer.getvalue()
+            return buffer.getvalue(), notes
     except UnidentifiedImageError as exc:  # no image format recognises the bytes: some other kind of file
         raise BadRecord("not_an_image", f"'{path}' is not an image file PIL or pydicom can read ({exc})",
                         "point the record at an image") from exc
@@ -124,7 +133,8 @@ class Preparer:
 
     def __init__(self, out: Path, formatter: HarmonyFormatter, strict: bool = False,
                  dicom_options: dict[str, Any] | None = None, shard_records: int = 2048,
-                 row_group_records: int = 128, image_cache: int = 256, image_root: Path | None = None) -> None:
+                 row_group_records: int = 128, image_cache: int = 256, image_root: Path | None = None,
+                 max_pixels: int = MAX_PIXELS) -> None:
         self.out, self.formatter, self.strict = out, formatter, strict
         self.image_root = image_root  # set: every image must resolve inside it (else outside_root); None: anywhere
         self.shard_records, self.row_group_records = shard_records, row_group_records
@@ -132,20 +142,24 @@ class Preparer:
         self.tasks: Counter[str] = Counter()
         self.answer_types: Counter[str] = Counter()
         self.skips: dict[str, dict[str, Any]] = defaultdict(lambda: {"count": 0, "first_ids": []})
+        self.converted: Counter[str] = Counter()  # what was done to written images (first frame, 8-bit, reduced)
+        # Ids seen, as 8-byte digests (a million ids: tens of MB), to report duplicates with examples.
+        self._seen_ids: set[bytes] = set()
+        self.duplicates: dict[str, Any] = {"count": 0, "first_ids": []}
         options = dict(dicom_options or {})
         # VQA sets ask many questions about one image: decode it once (bounded, so memory stays flat)
-        self._image = lru_cache(maxsize=image_cache)(lambda path: self._try_image(path, options))
+        self._image = lru_cache(maxsize=image_cache)(lambda path: self._try_image(path, options, max_pixels))
         self._skipped = open(out / "skipped.jsonl", "w", encoding="utf-8")
 
     @staticmethod
-    def _try_image(path: Path, options: dict[str, Any]) -> bytes | BadRecord:
+    def _try_image(path: Path, options: dict[str, Any], max_pixels: int) -> tuple[bytes, list[str]] | BadRecord:
         try:
-            return encode_image(path, options)
+            return encode_image(path, options, max_pixels)
         except BadRecord as bad:
             return bad
 
-    def check(self, rec: SourceRecord) -> list[bytes]:
-        """The record's image bytes; raises BadRecord with the first problem found."""
+    def check(self, rec: SourceRecord) -> tuple[list[bytes], list[str]]:
+        """The record's image bytes and what was done to them; raises BadRecord with the first problem found."""
         if not isinstance(rec.task, str) or not rec.task.strip():
             raise BadRecord("bad_field", f"task {rec.task!r:.60} is not text", "give the task as a string")
         if has_bad_text(rec.conversations) or has_bad_text(rec.meta) or has_bad_text([str(p) for p in rec.images]):
@@ -155,7 +169,7 @@ class Preparer:
             self.formatter.tokenize(rec.id, rec.conversations, len(rec.images))
         except ConversationError as exc:
             raise BadRecord(conversation_problem(exc), exc.problem, str(exc).partition(" -- fix: ")[2]) from exc
-        images = []
+        images, notes = [], []
         for path in rec.images:
             if self.image_root is not None:
                 try:
@@ -167,8 +181,9 @@ class Preparer:
             data = self._image(Path(path))
             if isinstance(data, BadRecord):
                 raise data
-            images.append(data)
-        return images
+            images.append(data[0])
+            notes += data[1]
+        return images, notes
 
     def skip(self, skip: Skip) -> None:
         if self.strict and not skip.expected:
@@ -189,10 +204,18 @@ class Preparer:
             self.skip(item)
             return
         try:
-            images = self.check(item)
+            images, notes = self.check(item)
         except BadRecord as bad:
             self.skip(Skip(item.id, bad.kind, bad.reason, bad.fix, item.split))
             return
+        self.converted.update(notes)
+        digest = hashlib.blake2b(item.id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        if digest in self._seen_ids:  # kept (a sample is a sample), but reported: ids should name one record
+            self.duplicates["count"] += 1
+            if len(self.duplicates["first_ids"]) < FIRST_IDS and item.id not in self.duplicates["first_ids"]:
+                self.duplicates["first_ids"].append(item.id)
+                log.warning("duplicate record id %s", ascii(item.id)[1:-1])
+        self._seen_ids.add(digest)
         if item.split not in self.writers:
             self.writers[item.split] = ShardWriter(self.out, item.split, self.shard_records, self.row_group_records)
         self.writers[item.split].write(PreparedRecord(item.id, item.task, item.conversations, images,
@@ -213,6 +236,8 @@ class Preparer:
             "answer_types": dict(sorted(self.answer_types.items())),
             "skipped": sum(s["count"] for s in self.skips.values()),
             "skip_reasons": dict(sorted(self.skips.items())),
+            "duplicate_ids": self.duplicates,
+            "images_converted": dict(sorted(self.converted.items())),
         }
         write_manifest(self.out, source_name, splits, report)
         return report
@@ -276,7 +301,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     try:
         report = prepare(source, cfg.out, load_formatter(cfg), strict=cfg.strict, overwrite=cfg.overwrite,
                          dicom_options=OmegaConf.to_container(cfg.dicom), shard_records=cfg.shard_records,
-                         row_group_records=cfg.row_group_records)
+                         row_group_records=cfg.row_group_records, max_pixels=int(cfg.get("max_pixels") or MAX_PIXELS))
     except (SourceLayoutError, PrepareError, FileExistsError) as exc:
         sys.exit(f"error: {exc}")
     print(json.dumps(report, ensure_ascii=False), flush=True)  # the last line: the counts, machine-readable

@@ -14,21 +14,39 @@ from torchvision.transforms import v2
 from medgpt_oss.data.dicom import DicomOptions, is_dicom, read_dicom_frames
 
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# PIL warns above this many pixels and refuses twice as many (a decompression bomb). Images between the
+# two are reduced to this size (aspect kept) before use: no encoder input needs more.
+MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 # Transparent pixels are composited on white: in published figures and screenshots (PMC-OA,
 # ROCO) transparency stands for the white page, and dark labels/arrows drawn on it would vanish
 # on black.
 ALPHA_BACKGROUND = (255, 255, 255)
 
 
-def load_frames(source: str | Path | IO[bytes],
-                dicom: DicomOptions | Mapping[str, Any] | None = None) -> list[Image.Image]:
-    """An image file (path or file object) as 8-bit RGB images: one, or a DICOM's frames per ``dicom.frames``."""
+def load_frames(source: str | Path | IO[bytes], dicom: DicomOptions | Mapping[str, Any] | None = None,
+                max_pixels: int = MAX_PIXELS) -> list[Image.Image]:
+    """An image file (path or file object) as 8-bit RGB images: one, or a DICOM's frames per ``dicom.frames``.
+
+    An animated image (GIF, APNG, multi-page TIFF) gives its first frame; one over ``max_pixels`` is
+    reduced to fit (aspect kept; JPEGs are decoded at the reduced size).
+    """
     if is_dicom(source):
         return read_dicom_frames(source, dicom)
     with Image.open(source) as img:
-        img.load()  # a full decode here, so truncated files fail now, inside this function
+        decode_within(img, max_pixels)  # a full decode here, so truncated files fail now, inside this function
         rgb = to_rgb(img)
         return [img.copy() if rgb is img else rgb]  # closing `img` frees its pixels
+
+
+def decode_within(img: Image.Image, max_pixels: int = MAX_PIXELS) -> bool:
+    """Decode an opened image, reduced to at most ``max_pixels`` (aspect kept); returns whether it was reduced."""
+    width, height = img.size
+    if width * height <= max_pixels:
+        img.load()
+        return False
+    scale = (max_pixels / (width * height)) ** 0.5
+    img.thumbnail((max(1, int(width * scale)), max(1, int(height * scale))))  # JPEG: draft-mode decode first
+    return True
 
 
 def load_image(source: str | Path | IO[bytes],

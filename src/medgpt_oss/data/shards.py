@@ -145,7 +145,28 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     return manifest
 
 
+class ShardError(ValueError):
+    """A shard file that cannot be read (truncated, overwritten, not Parquet); the message names it."""
+
+
+def open_shard(path: str | Path) -> pq.ParquetFile:
+    """A shard's Parquet file (its footer read); a truncated or foreign file is a :class:`ShardError` naming it."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ShardError(f"shard '{path}' cannot be read ({exc}); the file is truncated or was changed after "
+                         "prepare: prepare the folder again") from None
+
+
+def read_row_group(path: str | Path, row_group: int, columns: list[str] | None = None) -> pa.Table:
+    try:
+        return open_shard(path).read_row_group(row_group, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise ShardError(f"shard '{path}', row group {row_group}, cannot be read ({exc}); prepare the folder "
+                         "again") from None
+
+
 def iter_row_group(root: str | Path, shard_path: str, row_group: int) -> Iterator[dict[str, Any]]:
     """The records of one row group, in order (reads that row group only)."""
-    table = pq.ParquetFile(Path(root) / shard_path).read_row_group(row_group)
+    table = read_row_group(Path(root) / shard_path, row_group)
     yield from (row_to_record(row) for row in table.to_pylist())

@@ -38,10 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from torch.utils.data import IterableDataset, get_worker_info
 
-from medgpt_oss.data.shards import read_manifest, row_to_record
+from medgpt_oss.data.shards import open_shard, read_manifest, read_row_group, row_to_record
 from medgpt_oss.data.processor import SampleProcessor
 
 _MIX_STREAM = 1_000_003  # keeps the source-picking generator apart from the shuffling ones
@@ -67,7 +66,7 @@ class ShardIndex:
         shards = manifest["splits"][split]["shards"]
         paths, shard_of, group_of, rows_of = [], [], [], []
         for i, shard in enumerate(shards):
-            meta = pq.ParquetFile(root / shard["path"]).metadata  # the footer only
+            meta = open_shard(root / shard["path"]).metadata  # the footer only: a truncated shard fails here, named
             if meta.num_rows != shard["records"] or meta.num_row_groups != shard["row_groups"]:
                 raise ValueError(f"'{root / shard['path']}' holds {meta.num_rows} records in {meta.num_row_groups} "
                                  f"row groups, the manifest says {shard['records']} in {shard['row_groups']}; "
@@ -89,19 +88,19 @@ class ShardIndex:
     def records(self) -> int:
         return int(self.unit_rows.sum())
 
-    def _file(self, unit: int) -> pq.ParquetFile:
-        return pq.ParquetFile(self.root / self.shard_paths[self.unit_shard[unit]])
+    def _read(self, unit: int, columns: list[str] | None = None):
+        return read_row_group(self.root / self.shard_paths[self.unit_shard[unit]], int(self.unit_group[unit]), columns)
 
     def rows(self, unit: int, tasks: frozenset[str] | None) -> np.ndarray:
         """Row numbers of the unit's records whose task is wanted (reads the ``task`` column only)."""
         if tasks is None:
             return np.arange(self.unit_rows[unit])
-        column = self._file(unit).read_row_group(int(self.unit_group[unit]), columns=["task"]).column("task")
+        column = self._read(unit, columns=["task"]).column("task")
         return np.flatnonzero(np.isin(np.asarray(column.to_pylist(), dtype=object), list(tasks)))
 
     def load(self, unit: int, rows: Sequence[int]) -> list[dict[str, Any]]:
         """The records at ``rows`` of a unit, image bytes included (not decoded)."""
-        table = self._file(unit).read_row_group(int(self.unit_group[unit]))
+        table = self._read(unit)
         return [row_to_record(r) for r in table.take(np.asarray(rows, dtype=np.int64)).to_pylist()]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,11 +180,24 @@ def merge_shards(bench_dir: Path, world_size: int, wait_s: float = 0.0) -> list[
     return sorted(rows, key=lambda row: row["index"])
 
 
+class DuplicateItemIds(ValueError):
+    """A benchmark whose item ids repeat: answers and scores are kept by id, so they would mix."""
+
+
+def check_unique_ids(name: str, items: list[EvalItem | MalformedItem]) -> None:
+    counts = Counter(item.id for item in items)
+    repeated = sorted(i for i, n in counts.items() if n > 1)
+    if repeated:
+        raise DuplicateItemIds(f"benchmark '{name}' has {len(repeated)} item ids used more than once, e.g. "
+                               f"{repeated[:5]}; answers and scores are kept by id: give every item its own id")
+
+
 def run_benchmark(benchmark: Benchmark, opts: RunOptions, answer: ModelAnswerer | None = None,
                   predictions: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     """Score this rank's share; on rank 0 merge and return the summary (other ranks return None)."""
     bench_dir = opts.out_dir / benchmark.name
     all_items = list(benchmark.items())  # a wrong root fails here, before any model work
+    check_unique_ids(benchmark.name, all_items)
     if opts.limit is not None:
         all_items = all_items[: int(opts.limit)]
     mine = [(i, item) for i, item in enumerate(all_items) if i % opts.world_size == opts.rank]
