@@ -51,7 +51,10 @@ images/<image_path>"""
 
     def _record(self, rid: str, rec: dict, split: str, image_dir: Path) -> Iterator[SourceRecord | Skip]:
         report, paths = rec.get("report"), rec.get("image_path") or []
-        if not isinstance(report, str) or not report.strip():
+        if report is not None and not isinstance(report, str):
+            yield Skip(rid, "bad_field", f"report is {type(report).__name__} ({report!r:.60}), not text",
+                       "give the report as a string", split)
+        elif not isinstance(report, str) or not report.strip():
             yield Skip(rid, "empty_findings", "empty or missing report", "IU X-ray has studies without "
                        "findings; nothing to fix unless you expected one", split, expected=True)
         elif not paths:

@@ -212,6 +212,9 @@ mimic-cxr-2.0.0-metadata.csv   (for longitudinal samples) StudyDate, StudyTime p
                                "give image_path as a list of strings")
             views = [str(v).upper() for v in rec.get("view") or []] or ["PA", "LATERAL"][: len(paths)]
             report = rec.get("report")
+            if report is not None and not isinstance(report, str):
+                raise BadField("bad_field", f"report is {type(report).__name__} ({report!r:.60}), not text",
+                               "give the report as a string")
             yield Study(study_id, str(rec.get("subject_id")), SPLIT_NAMES.get(split, split),
                         " ".join(report.split()) if isinstance(report, str) and report.strip() else None,
                         [(v, image_dir / p) for v, p in zip(views, paths)], when.get(study_id))

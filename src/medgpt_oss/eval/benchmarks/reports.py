@@ -102,7 +102,8 @@ mimic-cxr-2.0.0-metadata.csv official metadata: dicom_id, subject_id, study_id, 
             raise self.layout_error(f"annotation.json has splits {sorted(data)}, not '{self.split}'")
         priors = self._priors(data) if self.with_prior else {}
         for i, rec in enumerate(data[self.split]):
-            item_id = f"{self.name}-{rec.get('study_id') or rec.get('id', i)}"
+            study = rec.get("study_id")
+            item_id = f"{self.name}-{study if study is not None else rec.get('id', i)}"  # a study id of 0 is an id
             gold, images = self._gold(rec), self._images(rec)
             if not gold or not images:
                 yield MalformedItem(item_id, f"no {self.section} text" if not gold else "no image_path")
