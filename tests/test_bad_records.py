@@ -112,6 +112,20 @@ def test_overwrite_clears_what_a_stopped_run_left(tmp_path, formatter):
     report = prepare(VQARAD(src), out, formatter, overwrite=True)
     assert report["written"] == 2 and not (out / RUN_MARKER).exists()
     assert sorted(read_back(out)) == ["vqa_rad-0", "vqa_rad-10"]
+    # Only our files go: a manifest's split names are data (a split named like a path removes nothing outside),
+    # and a user's file in a split folder or an empty folder of theirs survives.
+    victim = tmp_path / "victim"
+    (victim / "keep").mkdir(parents=True)
+    (victim / "keep" / "shard-00000.parquet").write_text("not ours")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["splits"]["../victim/keep"] = manifest["splits"]["train"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "train" / "mine.txt").write_text("keep")
+    (out / "empty_mine").mkdir()
+    (out / "empty_mine" / "notes.txt").write_text("keep")
+    prepare(VQARAD(src), out, formatter, overwrite=True)
+    assert (victim / "keep" / "shard-00000.parquet").read_text() == "not ours"
+    assert (out / "train" / "mine.txt").read_text() == "keep" and (out / "empty_mine" / "notes.txt").is_file()
     # A folder that is not ours is never cleared, overwrite or not.
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
@@ -128,6 +142,8 @@ BAD_LINES = [
     b'{"id": "no-conversations", "task": "closed", "image": "x.png"}\n',
     b'{"id": "image-number", "task": "closed", "image": 5, "conversations": [{"from": "human", "value": "<image>"},'
     b' {"from": "gpt", "value": "Yes."}]}\n',
+    b'{"id": "escaped-surrogate", "conversations": [{"from": "human", "value": "x \\ud800"},'
+    b' {"from": "gpt", "value": "y"}]}\n',
 ]
 
 
@@ -156,7 +172,9 @@ def test_jsonl_training_counts_bad_lines_at_setup_and_trains_on_the_rest(medsynt
     assert any("bytes that are not UTF-8" in p for p in problems)
     assert any("record 'no-conversations'" in p for p in problems)
     assert any("record 'image-number'" in p and "'image' is 5" in p for p in problems)
-    assert trainer.global_step == 2 and trainer.datamodule.skipped_total >= len(BAD_LINES)
+    assert any("record 'escaped-surrogate'" in p and "lone surrogate" in p for p in problems)
+    # Counted with the training-time skips (MedSynth's own records are all good: exactly these).
+    assert trainer.global_step == 2 and trainer.datamodule.skipped_total == len(BAD_LINES)
     with pytest.raises(ValueError, match=r"train.jsonl:4: not valid JSON .*data.strict=false"):
         train(compose_train(overrides + ["data.strict=true"], tmp_path / "strict", medsynth_dir))
 
@@ -234,3 +252,30 @@ def test_a_benchmark_with_repeated_item_ids_fails_at_load_naming_them(tmp_path):
     with pytest.raises(DuplicateItemIds, match=r"1 item ids used more than once, e.g. \['vqa_rad-7'\]"):
         run_benchmark(VQARADBenchmark(str(root)), RunOptions(out_dir=tmp_path / "eval", progress=False),
                       predictions={})
+
+
+def test_csv_rows_with_empty_or_missing_cells_never_stop_prepare(tmp_path, formatter):
+    import csv as csv_module
+
+    from medgpt_oss.data.sources.iu_xray import IUXrayKaggle
+    from medgpt_oss.data.sources.mimic_cxr import MIMICCXR
+    from tests.fixtures_formats import write_iu_kaggle, write_mimic
+
+    iu = write_iu_kaggle(tmp_path / "iu")
+    with open(iu / "indiana_reports.csv", "a", newline="") as fh:
+        fh.write(',,,,,,"A report without its uid.",\n')  # an empty uid cell
+    with open(iu / "indiana_projections.csv", "a", newline="") as fh:
+        fh.write("7\n")                                   # a short row: DictReader gives None for the rest
+    report = prepare(IUXrayKaggle(iu), tmp_path / "iu_out", formatter)
+    assert report["skip_reasons"]["missing_field"]["first_ids"] == ["iu_xray-row4"] and report["written"] == 2
+
+    mimic = tmp_path / "mimic"
+    write_mimic(mimic)
+    with open(mimic / "mimic-cxr-2.0.0-metadata.csv", newline="") as fh:
+        rows = list(csv_module.reader(fh))
+    rows[1][8] = "not a time"  # one image row's StudyTime
+    rows.append(["d9", "", "9"])  # a short row: no subject, no view, no date
+    with open(mimic / "mimic-cxr-2.0.0-metadata.csv", "w", newline="") as fh:
+        csv_module.writer(fh).writerows(rows)
+    report = prepare(MIMICCXR(mimic), tmp_path / "mimic_out", formatter)
+    assert report["written"] > 0 and "mimic_cxr-s9" in json.dumps(report["skip_reasons"])

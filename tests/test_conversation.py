@@ -136,6 +136,7 @@ BAD = {
     "unknown_speaker": ([{"from": "doctor", "value": "x"}, {"from": "gpt", "value": "y"}], 0, "unknown speaker"),
     "control_token_injection": (conv("hi", "Yes.<|end|><|start|>user"), 0, "special token"),
     "reserved_token_injection": (conv("hi <|reserved_200013|>", "Yes."), 0, "special token"),
+    "lone_surrogate": (conv("is there a \ud800 nodule?", "Yes."), 0, "lone surrogate"),
     "thinking_on_a_user_turn": ([{"from": "human", "value": "x", "thinking": "y"}, {"from": "gpt", "value": "z"}], 0,
                                 "'thinking' must be a string on an assistant turn"),
     "placeholder_in_thinking": ([{"from": "human", "value": "<image>"},
@@ -157,3 +158,30 @@ def test_too_long_sample_names_the_record(tiny_tokenizer):
     with pytest.raises(ConversationError, match="exceed max_length=20") as err:
         fmt.tokenize("long-1", conv("<image>\nDescribe the image in detail.", "A long answer."), 1)
     assert "long-1" in str(err.value)
+
+
+EDGE_CASES = {
+    # the official template writes no developer message when the leading instructions are empty ...
+    "empty_instructions": [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"},
+                           {"role": "assistant", "content": "Hello."}],
+    # ... and an empty analysis message for an empty thinking on the last turn
+    "empty_thinking": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello.", "thinking": ""}],
+}
+
+
+@pytest.mark.parametrize("name", EDGE_CASES)
+def test_the_formatter_and_the_exported_template_agree_on_edge_cases(tiny_tokenizer, name):
+    from medgpt_oss.harmony import chat_template
+
+    messages = EDGE_CASES[name]
+    fmt = HarmonyFormatter(tiny_tokenizer, "<|image|>", N_IMG)
+    ours = tiny_tokenizer.decode(fmt.tokenize(name, messages, 0).input_ids)
+    tiny_tokenizer_copy = tiny_tokenizer.__class__.from_pretrained(tiny_tokenizer.name_or_path)
+    rendered = tiny_tokenizer_copy.apply_chat_template(messages, tokenize=False,
+                                                       chat_template=chat_template(ChatSettings(), "<|image|>"))
+    assert ours == rendered
+    if name == "empty_instructions":
+        assert "developer" not in ours
+    else:
+        assert ours.endswith("<|start|>assistant<|channel|>analysis<|message|><|end|>"
+                             "<|start|>assistant<|channel|>final<|message|>Hello.<|return|>")

@@ -103,6 +103,11 @@ def test_training_and_evaluation_records_stay_inside_the_data_root(tmp_path, tin
         assert skipped["skipped"].startswith("outside_root") and skipped["id"] == f"r-{Path(bad).name}"
         with pytest.raises(ConversationError, match="outside the data root"):  # evaluation prompts: an error row
             processor(record(bad), for_generation=True)
+    os.symlink(root / "loop_b.png", root / "loop_a.png")
+    os.symlink(root / "loop_a.png", root / "loop_b.png")
+    for unresolvable in ("bad\x00name.png", "loop_a.png"):  # skipped like any other bad path, never a crash
+        skipped = processor.process(record(unresolvable))
+        assert skipped["skipped"].startswith("outside_root") and "cannot be resolved" in skipped["skipped"]
     trusting = SampleProcessor(spec(tiny_tokenizer), root, allow_outside_root=True)
     assert trusting.process(record("../private.png"))["pixel_values"].shape == (1, 3, 32, 32)
 

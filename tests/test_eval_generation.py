@@ -99,6 +99,30 @@ def test_replies_end_and_are_read_as_harmony_says(vlm, tmp_path, case):
     assert final_channel_text(reply) == answer
 
 
+def test_in_a_batch_each_row_stops_where_its_own_reply_ends(vlm, tmp_path):
+    generator = Generator(vlm, tmp_path, max_new_tokens=24)
+    tok = generator.tokenizer
+    scripts = [tok("<|channel|>final<|message|>Yes.<|end|><|start|>user", add_special_tokens=False)["input_ids"],
+               tok("<|channel|>analysis<|message|>nodule<|end|><|start|>assistant<|channel|>analysis",
+                   add_special_tokens=False)["input_ids"]]
+    step = {"n": 0}
+
+    def force(module, args, output):  # row r writes scripts[r], then token 5
+        for row, ids in enumerate(scripts):
+            output[row, -1, ids[step["n"]] if step["n"] < len(ids) else 5] += 1e4
+        step["n"] += 1
+        return output
+
+    handle = vlm.llm.model.get_output_embeddings().register_forward_hook(force)
+    try:
+        first, second = generator.replies([generator.prepare(r) for r in make_records(tmp_path, 2)])
+    finally:
+        handle.remove()
+    assert first == "<|channel|>final<|message|>Yes.<|end|>"  # stopped at the end of its final message
+    assert second.startswith("<|channel|>analysis<|message|>nodule<|end|><|start|>assistant")  # ran on
+    assert final_channel_text(first) == "Yes." and final_channel_text(second) is None
+
+
 def test_final_channel_text_reads_only_the_final_channel():
     assert final_channel_text("<|channel|>analysis<|message|>think<|end|><|start|>assistant"
                               "<|channel|>final<|message|>B<|return|>") == "B"

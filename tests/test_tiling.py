@@ -13,6 +13,7 @@ from PIL import Image
 from medgpt_oss.data.conversation import IGNORE_INDEX
 from medgpt_oss.data.dicom import CT_WINDOW_PRESETS
 from medgpt_oss.data.images import ImageTransform
+from medgpt_oss.harmony import FINAL_HEADER
 from medgpt_oss.config import model_config
 from medgpt_oss.data.processor import SampleProcessor
 from medgpt_oss.data.tiling import RESAMPLE, candidate_grids, choose_grid, tile_image
@@ -124,9 +125,9 @@ def test_tiled_sample_has_one_token_run_per_tile_and_trains(vlm, tmp_path):
     slots = (tiled["input_ids"] == vlm.image_token_id).nonzero().flatten()
     assert bool((slots[1:] - slots[:-1] > 1).sum() == 1) and int(slots[5 * per_image] - slots[5 * per_image - 1]) > 1
 
-    # Round trip: the supervised tokens are exactly the answer and its end token.
+    # Round trip: the supervised tokens are exactly the channel header, the answer and its end token.
     supervised = tiled["input_ids"][tiled["labels"] != IGNORE_INDEX]
-    assert vlm.tokenizer.decode(supervised[:-1]) == "<|channel|>final<|message|>" + record["conversations"][1]["value"]
+    assert vlm.tokenizer.decode(supervised[:-1]) == FINAL_HEADER + record["conversations"][1]["value"]
     assert vlm.tokenizer.convert_ids_to_tokens(int(supervised[-1])) == "<|return|>"
 
     batch = tiled_processor.collate([tiled])

@@ -266,3 +266,20 @@ def test_rows_added_for_the_image_token_are_saved_and_restored(tmp_path, medsynt
     assert (loaded.vlm.llm.model.get_input_embeddings().weight[first:] == 0.25).all()
     assert torch.equal(load_stage(str(ckpt_path)).vlm.llm.model.get_input_embeddings().weight,
                        llm.model.get_input_embeddings().weight)
+
+
+def test_accumulated_micro_batches_equal_one_batch_of_the_same_samples(tmp_path, medsynth_dir):
+    # MedSynth captions differ in length, so the two micro-batches hold different numbers of supervised tokens:
+    # only weighting them by tokens (not a mean of micro-batch means) gives the gradient of the whole batch.
+    instruct = [o if o != "+stage=align" else "+stage=instruct" for o in TINY_RUN] + small_data_overrides()
+    common = instruct + ["trainer.max_steps=3", "trainer.limit_val_batches=0", "data.pack_length=null",
+                         "stage.optim.warmup_ratio=0"]
+    _, whole = train(compose_train(common + ["data.batch_size=4"], tmp_path / "whole", medsynth_dir))
+    _, accumulated = train(compose_train(common + ["data.batch_size=2", "trainer.accumulate_grad_batches=2"],
+                                         tmp_path / "accumulated", medsynth_dir))
+    assert whole.trainer.global_step == accumulated.trainer.global_step == 3
+    got, want = accumulated.state_dict(), whole.state_dict()
+    trained = [k for k in want if k in whole.saved_keys]
+    assert trained
+    for key in trained:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)

@@ -4,7 +4,6 @@ are refused, and a marker file proves nothing ran."""
 from __future__ import annotations
 
 import json
-import pickle
 import sys
 from pathlib import Path
 
@@ -67,6 +66,26 @@ def test_a_target_outside_the_project_in_hyper_parameters_is_refused(real_ckpt, 
         load_stage(str(path))
 
 
+@pytest.mark.parametrize("edit, message", [
+    # Lightning also merges two past hyper-parameter keys into the constructor's arguments
+    (lambda c: c.update(hparams={"model": {"encoder": {"_target_": "builtins.exec"}}}),
+     r"checkpoint hparams\.model\.encoder\._target_ = 'builtins\.exec'"),
+    (lambda c: c.update(module_arguments={"model": {"llm": {"_target_": "os.system"}}}), "module_arguments"),
+    # a class one of our modules merely imports is not ours
+    (lambda c: c["hyper_parameters"]["model"]["llm"].update(_target_="medgpt_oss.models.llm.AutoModelForCausalLM"),
+     "not a class of medgpt_oss"),
+    # our own class, but not the part the key builds
+    (lambda c: c["hyper_parameters"]["model"]["encoder"].update(_target_="medgpt_oss.prepare.Preparer"),
+     "is not a VisionEncoder"),
+])
+def test_every_key_lightning_reads_is_checked(real_ckpt, tmp_path, edit, message):
+    path = crafted(real_ckpt, tmp_path / "legacy.ckpt", edit)
+    with pytest.raises(UntrustedCodeError, match=message):
+        load_stage(str(path))
+    with pytest.raises(UntrustedCodeError, match=message):
+        AlignStage.load_from_checkpoint(path)
+
+
 def test_a_stage_class_outside_the_project_is_refused_before_its_module_is_imported(real_ckpt, tmp_path,
                                                                                      evil_module):
     path = crafted(real_ckpt, tmp_path / "stage.ckpt", lambda c: c.update(stage_class="evil_mod.Stage"))
@@ -100,7 +119,12 @@ def test_a_pickle_payload_is_refused_on_every_route(real_ckpt, tmp_path, medsynt
     # Resume goes through Lightning's loader, told weights_only=True.
     cfg = compose_train(TINY_RUN + small_data_overrides() + ["trainer.limit_val_batches=0", "trainer.max_steps=2",
                                                              f"ckpt_path={path}"], tmp_path / "resume", medsynth_dir)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(UntrustedCodeError, match="payload.ckpt' holds pickled objects"):
+        train(cfg)
+    # init_from reads the previous stage's checkpoint the same way
+    cfg = compose_train(TINY_RUN + small_data_overrides() + ["trainer.limit_val_batches=0", "trainer.max_steps=1",
+                                                             f"init_from={path}"], tmp_path / "handoff", medsynth_dir)
+    with pytest.raises(UntrustedCodeError, match="refused"):
         train(cfg)
     assert not marker.exists()
 

@@ -244,6 +244,7 @@ tests the transformers path; serving in those tools is not tested by it."""
 
 _MEDGPT_OSS_USE = """```python
 import medgpt_oss.models.hf  # registers this model type with transformers' Auto classes (no trust_remote_code)
+from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
 model = AutoModelForImageTextToText.from_pretrained("<this folder>"){load_adapter}tokenizer = AutoTokenizer.from_pretrained("<this folder>")
@@ -252,7 +253,7 @@ processor = AutoImageProcessor.from_pretrained("<this folder>")
 messages = [{{"role": "user", "content": "<image>\\nIs there a nodule?"}}]
 ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
                                     return_tensors="pt")["input_ids"]
-pixels = processor(images=[image], return_tensors="pt")["pixel_values"]
+pixels = processor(images=[Image.open("cxr.png")], return_tensors="pt")["pixel_values"]
 out = model.generate(ids, pixel_values=pixels, max_new_tokens=256)
 print(tokenizer.decode(out[0, ids.shape[1]:]))   # <|channel|>final<|message|>...<|return|>
 ```

@@ -158,7 +158,7 @@ def messages_from_turns(turns: Sequence[Mapping[str, Any]]) -> list[Message]:
         thinking = turn.get("thinking")
         if thinking is not None and (ROLES[speaker] != "assistant" or not isinstance(thinking, str)):
             raise FormatError(f"turn {i}: 'thinking' must be a string on an assistant turn")
-        messages.append(Message(ROLES[speaker], text, thinking or None))
+        messages.append(Message(ROLES[speaker], text, thinking))
     return messages
 
 
@@ -185,7 +185,7 @@ def render(messages: Sequence[Message], settings: ChatSettings, add_generation_p
     if messages and messages[0].role in ("system", "developer"):
         instructions, messages = messages[0].content, messages[1:]
     segments = [Segment(system_message(settings))]
-    if instructions is not None:
+    if instructions:  # the template writes no developer message for empty instructions
         check_no_special_tokens(instructions, "the system/developer instructions")
         segments.append(Segment(developer_message(instructions)))
     last = len(messages) - 1
@@ -200,7 +200,7 @@ def render(messages: Sequence[Message], settings: ChatSettings, add_generation_p
             segments += [Segment(f"{START}user{MESSAGE}"), Segment(message.content, user_content=True), Segment(END)]
             continue
         segments.append(Segment(f"{START}assistant"))  # the generation prompt ends here: the rest is the model's
-        if i == last and message.thinking:
+        if i == last and message.thinking is not None:  # an empty thinking is an empty analysis message
             check_no_special_tokens(message.thinking, f"turn {i} thinking")
             segments.append(Segment(f"{ANALYSIS_HEADER}{message.thinking}{END}{START}assistant", supervised=True))
         segments += [Segment(FINAL_HEADER, supervised=True), Segment(message.content, supervised=True),
@@ -266,8 +266,11 @@ def chat_template(settings: ChatSettings, image_text: str | None = None) -> str:
         s("\n\nReasoning: "), "{{- reasoning_effort -}}", s(f"\n\n{VALID_CHANNELS_LINE}{END}"),
         "{%- set ns = namespace(first=0) -%}",
         "{%- if messages and messages[0]['role'] in ['system', 'developer'] -%}",
+        "{%- set ns.first = 1 -%}",
+        "{%- if messages[0]['content'] -%}",
         s(f"{START}developer{MESSAGE}# Instructions\n\n"), "{{- content(messages[0]['content']) -}}",
-        s(f"\n\n{END}"), "{%- set ns.first = 1 -%}",
+        s(f"\n\n{END}"),
+        "{%- endif -%}",
         "{%- endif -%}",
         "{%- set last = messages | length - 1 -%}",
         "{%- for message in messages[ns.first:] -%}",
@@ -275,7 +278,7 @@ def chat_template(settings: ChatSettings, image_text: str | None = None) -> str:
         "{%- if message['role'] == 'user' -%}",
         s(f"{START}user{MESSAGE}"), "{{- content(message['content']) -}}", s(END),
         "{%- elif message['role'] == 'assistant' -%}",
-        "{%- if i == last and not add_generation_prompt and message.get('thinking') -%}",
+        "{%- if i == last and not add_generation_prompt and message.get('thinking') is string -%}",
         s(f"{START}assistant{ANALYSIS_HEADER}"), "{{- message['thinking'] -}}", s(END),
         "{%- endif -%}",
         s(f"{START}assistant{FINAL_HEADER}"), "{{- content(message['content']) -}}",
@@ -311,8 +314,8 @@ def add_format_tokens(tokenizer: Any, image_token: str = IMAGE_TOKEN) -> list[st
 
     GPT-oss's tokenizer has every control token and lacks only the image token, which lands at
     id ``len(tokenizer)`` -- a spare embedding row of the real model, so nothing is resized.
-    Other tokenizers (Qwen, ...) get the control tokens too. ``pad_token`` falls back to
-    ``<|endoftext|>``-style eos when unset.
+    Other tokenizers (Qwen, ...) get the control tokens too. An unset ``pad_token`` falls back
+    to the tokenizer's eos token.
     """
     vocab = tokenizer.get_vocab()
     missing = [t for t in (*CONTROL_TOKENS, image_token) if t not in vocab]

@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import logging
-import shutil
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -34,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from medgpt_oss.config import CONF_DIR
 from medgpt_oss.data.conversation import ConversationError, HarmonyFormatter
 from medgpt_oss.data.dicom import is_dicom, read_dicom
-from medgpt_oss.data.images import MAX_PIXELS, decode_within, to_rgb
+from medgpt_oss.data.images import HIGH_BIT_DEPTH_MODES, MAX_PIXELS, decode_within, to_rgb
 from medgpt_oss.data.shards import MANIFEST, PreparedRecord, ShardWriter, write_manifest
 from medgpt_oss.data.sources.base import Skip, Source, SourceLayoutError, SourceRecord, has_bad_text
 from medgpt_oss.trust import OutsideRootError, inside_root
@@ -62,8 +62,12 @@ def encode_image(path: Path, dicom_options: dict[str, Any], max_pixels: int = MA
     """The bytes to store for one image file and what was done to them (``notes``, counted in the report);
     raises BadRecord when it cannot be used. PNG/JPEG are stored byte for byte; the first frame of an
     animated image, an image reduced to ``max_pixels``, and every other format are stored as PNG."""
-    if not path.is_file():
-        if path.exists():  # a directory, device or pipe: there, but not an image file
+    try:
+        is_file, exists = path.is_file(), path.exists()
+    except (OSError, ValueError) as exc:  # a NUL byte, a symlink loop
+        raise BadRecord("missing_image", f"image '{path}' cannot be looked up ({exc})", "fix the image path") from None
+    if not is_file:
+        if exists:  # a directory, device or pipe: there, but not an image file
             raise BadRecord("not_a_file", f"image '{path}' is not a regular file", "point the record at an image file")
         raise BadRecord("missing_image", f"image '{path}' does not exist", "check source.root and the image folder")
     if path.stat().st_size == 0:
@@ -88,7 +92,8 @@ def encode_image(path: Path, dicom_options: dict[str, Any], max_pixels: int = MA
                 return data, []
             notes = ["animated_first_frame"] * animated + ["reduced_to_pixel_limit"] * reduced
             if image.mode not in PNG_MODES:  # float and 32-bit TIFFs: 8-bit over their range, as training reads them
-                image, notes = to_rgb(image), notes + ["high_bit_depth_to_8bit"]
+                notes += ["high_bit_depth_to_8bit"] if image.mode in HIGH_BIT_DEPTH_MODES else []
+                image = to_rgb(image)
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             return buffer.getvalue(), notes
@@ -160,6 +165,9 @@ class Preparer:
 
     def check(self, rec: SourceRecord) -> tuple[list[bytes], list[str]]:
         """The record's image bytes and what was done to them; raises BadRecord with the first problem found."""
+        if not isinstance(rec.split, str) or not SPLIT_NAME.fullmatch(rec.split):
+            raise BadRecord("bad_field", f"split {rec.split!r:.60} is not a plain name (it becomes a folder of out)",
+                            "name splits with letters, digits, - and _")
         if not isinstance(rec.task, str) or not rec.task.strip():
             raise BadRecord("bad_field", f"task {rec.task!r:.60} is not text", "give the task as a string")
         if has_bad_text(rec.conversations) or has_bad_text(rec.meta) or has_bad_text([str(p) for p in rec.images]):
@@ -266,9 +274,23 @@ def prepare(source: Source, out: str | Path, formatter: HarmonyFormatter, strict
     return report
 
 
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a split is a folder of out: a plain name, never a path
+SHARD_NAME = re.compile(r"shard-\d{5}\.parquet")
+
+
 def _remove_outputs(out: Path, splits: Iterable[str]) -> None:
+    """Delete what prepare writes in ``out`` and nothing else: shard files (by name) in plain-named split
+    folders, the folders if that empties them, and the top-level files. Names read from a manifest are data."""
     for split in splits:
-        shutil.rmtree(out / split, ignore_errors=True)
+        folder = out / split
+        if not (isinstance(split, str) and SPLIT_NAME.fullmatch(split) and folder.is_dir()
+                and not folder.is_symlink()):
+            continue
+        for shard in folder.iterdir():
+            if SHARD_NAME.fullmatch(shard.name) and shard.is_file() and not shard.is_symlink():
+                shard.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
     for name in (MANIFEST, "skipped.jsonl", RUN_MARKER):
         (out / name).unlink(missing_ok=True)
 
@@ -285,13 +307,8 @@ def clear_previous(out: Path, overwrite: bool) -> None:
     if not overwrite:
         what = "prepared data" if complete else "the output of a prepare run that stopped"
         raise FileExistsError(f"out='{out}' already holds {what}; pass overwrite=true to replace it")
-    try:
-        splits = list(json.loads((out / MANIFEST).read_text()).get("splits", {})) if complete else []
-    except (OSError, ValueError, AttributeError):
-        splits = []
-    # Split folders that hold nothing but shards (a stopped run wrote no manifest to list them).
-    splits += [p.name for p in out.iterdir() if p.is_dir() and all(f.suffix == ".parquet" for f in p.iterdir())]
-    _remove_outputs(out, splits)
+    # Every plain-named subfolder may hold our shards (a stopped run wrote no manifest to list them).
+    _remove_outputs(out, [p.name for p in out.iterdir() if p.is_dir()])
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")

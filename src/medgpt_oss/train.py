@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from medgpt_oss.config import CONF_DIR, available_stages, model_config
 from medgpt_oss.models.hub import MissingWeightsError, resolve_pretrained
+from medgpt_oss.trust import load_checkpoint
 
 
 def check_pretrained(cfg: DictConfig) -> None:
@@ -168,8 +169,12 @@ def train(cfg: DictConfig) -> tuple[Any, Any]:
     if trainer.is_global_zero:
         Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, Path(trainer.default_root_dir) / "config.yaml", resolve=True)
-    # weights_only: a resumed checkpoint is data -- a pickle payload is refused, for local and http(s) paths.
-    trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    # weights_only: a resumed checkpoint is data -- a pickle payload is refused, for local and http(s) paths
+    # (a local file is read once more first, so the refusal names it).
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and Path(str(ckpt_path)).is_file():
+        load_checkpoint(ckpt_path)
+    trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return trainer, stage
 
 

@@ -39,6 +39,12 @@ from medgpt_oss.harmony import (
 IGNORE_INDEX = -100
 
 
+def has_lone_surrogate(text: str) -> bool:
+    """Text that holds half of a UTF-16 pair (a ``\\ud800`` JSON escape, or a byte that was not UTF-8 read with
+    surrogateescape): no tokenizer can encode it."""
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
 class ConversationError(ValueError):
     """A record whose conversation cannot be turned into correct supervision."""
 
@@ -78,8 +84,8 @@ class HarmonyFormatter:
         self.max_length = max_length
         self.chat = ChatSettings.of(chat)
         self.image_token_id = self._special_id(image_token)
-        self.end_id = self._special_id(END)
-        self.return_id = self._special_id(RETURN)
+        for token in (END, RETURN):  # a tokenizer without harmony's control tokens cannot write the format
+            self._special_id(token)
         # Control tokens in data would rewrite the conversation's structure (the format also refuses any <|...|>).
         self._forbidden = [t for t in tokenizer.all_special_tokens if t] + [image_token]
         self._encoded: dict[str, list[int]] = {}
@@ -121,6 +127,9 @@ class HarmonyFormatter:
         for i, message in enumerate(messages):
             if message.role == "assistant" and not message.content.strip():
                 raise ConversationError(record_id, f"assistant turn {i} is empty", "drop the record or fill the answer")
+            if has_lone_surrogate(message.content + (message.thinking or "")):
+                raise ConversationError(record_id, f"turn {i} holds a lone surrogate (text that is not valid UTF-8)",
+                                        "re-encode the source as UTF-8")
             for token in self._forbidden:
                 if token in message.content + (message.thinking or ""):
                     raise ConversationError(record_id, f"turn {i} contains the special token {token!r}",

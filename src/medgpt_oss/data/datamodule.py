@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from medgpt_oss.data.conversation import IGNORE_INDEX
+from medgpt_oss.data.conversation import IGNORE_INDEX, has_lone_surrogate
 from medgpt_oss.data.jsonl import read_jsonl, read_records
 from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
 
@@ -57,6 +57,8 @@ def record_problem(record: dict[str, Any]) -> str | None:
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) for t in turns):
         return "no 'conversations' list of turns -- give [{from, value}, ...]"
+    if any(isinstance(v, str) and has_lone_surrogate(v) for t in turns for v in t.values()):
+        return "a turn holds a lone surrogate (text that is not valid UTF-8) -- re-encode the source as UTF-8"
     image = record.get("image")
     images = [] if image is None else [image] if isinstance(image, str) else image
     if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):

@@ -31,7 +31,8 @@ class HarmonyReplyEnd(StoppingCriteria):
     that closes a final-channel message; an analysis message's ``<|end|>`` lets the reply go on."""
 
     def __init__(self, tokenizer: Any) -> None:
-        self.stop_ids = [int(i) for i in tokenizer.convert_tokens_to_ids(list(STOP_TOKENS))]
+        vocab = tokenizer.get_vocab()
+        self.stop_ids = [int(vocab[t]) for t in STOP_TOKENS if t in vocab]
         self.end_id = int(tokenizer.convert_tokens_to_ids(END))
         self.final_header = tokenizer(FINAL_HEADER, add_special_tokens=False)["input_ids"]
 

@@ -1,9 +1,10 @@
 """Likelihood scoring for closed-set questions: pick the option the model finds most likely.
 
 Each candidate answer ("Yes"/"No", "A".."E") is put in the assistant turn and
-tokenized by the training processor, whose label mask marks exactly the answer
-tokens and its end token; the candidate's score is the summed log-probability
-of those tokens. One forward pass covers all candidates of an item.
+tokenized by the training processor, whose label mask marks the channel header,
+the answer tokens and its end token; the candidate's score is the summed
+log-probability of those tokens (the header is the same for every candidate, so
+it shifts all scores alike). One forward pass covers all candidates of an item.
 """
 
 from __future__ import annotations

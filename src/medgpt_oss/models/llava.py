@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medgpt_oss.harmony import STOP_TOKENS  # GPT-oss's own generation_config stops at these too
+from medgpt_oss.harmony import IMAGE_TOKEN, STOP_TOKENS  # GPT-oss's generation_config stops at these too
 
 # MedVLM state-dict prefix -> LlavaForConditionalGeneration's (transformers 5 module layout).
 KEY_MAP = (
@@ -168,7 +168,7 @@ def medvlm_from_llava(path: str | Path, **from_pretrained_kwargs: Any):
     projector = MLPProjector(vision.hidden_size, config.text_config.hidden_size)
     projector.mlp[0] = llava.model.multi_modal_projector.linear_1
     projector.mlp[2] = llava.model.multi_modal_projector.linear_2
-    llm = ExportedLanguageModel(config.text_config, processor.get("image_token", "<image>"), config.image_token_id,
+    llm = ExportedLanguageModel(config.text_config, processor.get("image_token", IMAGE_TOKEN), config.image_token_id,
                                 model=_causal_lm(llava))
     llm.tokenizer = AutoTokenizer.from_pretrained(path)
     llm.chat = ChatSettings.of((getattr(config, "medgpt_oss", None) or {}).get("chat"))

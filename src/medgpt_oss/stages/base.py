@@ -25,7 +25,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from medgpt_oss.data.conversation import IGNORE_INDEX
 from medgpt_oss.models.vlm import COMPONENTS, MedVLM
-from medgpt_oss.trust import UntrustedCodeError, check_checkpoint, check_class_path, load_checkpoint
+from medgpt_oss.trust import check_checkpoint, check_class_path, load_checkpoint
 
 
 ADDED_ROWS_KEY = "added_token_rows"
@@ -79,9 +79,9 @@ class VLMStage(L.LightningModule):
         if hparams_file is not None:
             raise ValueError("hparams_file is not supported: the checkpoint holds its own hyper-parameters")
         checkpoint = load_checkpoint(checkpoint_path)
-        check_checkpoint({**checkpoint, "hyper_parameters": {k: v for k, v in
-                                                             (checkpoint.get("hyper_parameters") or {}).items()
-                                                             if k not in kwargs}}, trusted_targets)
+        # kwargs replace stored hyper-parameters (the caller's own values): only what comes from the file is checked.
+        check_checkpoint({key: ({k: v for k, v in value.items() if k not in kwargs} if isinstance(value, dict)
+                                else value) for key, value in checkpoint.items()}, trusted_targets)
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, strict=strict,
                                             weights_only=True, **kwargs)
 
@@ -98,7 +98,7 @@ class VLMStage(L.LightningModule):
         path = Path(ckpt_path)
         if not path.is_file():
             raise FileNotFoundError(f"init_from checkpoint '{ckpt_path}' does not exist")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(path)  # weights only: a pickle payload is refused, naming the file
         state = checkpoint["state_dict"]
         own = self.state_dict()
         unknown = sorted(set(state) - set(own))
@@ -133,29 +133,54 @@ class VLMStage(L.LightningModule):
             self.log("data/skipped_batches", float(batch["empty_batches_total"]), reduce_fx="max")
         supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # predicted positions (shifted by one)
         world = self.trainer.world_size
-        if world > 1:
-            # DDP and FSDP average the ranks' gradients. Weighting each rank's token-mean loss by its share of
-            # the step's supervised tokens makes that average the token mean over the global batch: the loss
-            # and gradients of one process with the same global batch, however the tokens fall on ranks.
+        total = supervised
+        if world > 1:  # the micro-batch's supervised tokens on all ranks
             total = int(self.trainer.strategy.reduce(torch.tensor(supervised, device=self.device), reduce_op="sum"))
-            weight = supervised * world / max(total, 1)
+        self._step_tokens = getattr(self, "_step_tokens", 0) + total
         if supervised == 0:
             # Last guard (the processor already rejects such samples): nothing to learn from this batch.
             if world == 1:
                 return None
             # Every rank must run the same modules (FSDP all-gathers in forward, DDP all-reduces every trained
-            # weight's gradient) and the loss sync: a one-token forward times zero (its share of the global
-            # token mean is zero); MedVLM.embed runs a blank image through the vision side.
+            # weight's gradient) and the loss sync: a one-token forward times zero (it adds no tokens to the
+            # step's token mean); MedVLM.embed runs a blank image through the vision side.
             pad = self.vlm.llm.tokenizer.pad_token_id or 0
             zero = self.vlm(input_ids=torch.tensor([[pad]], device=self.device), use_cache=False).logits.sum() * 0.0
             self.log("train/loss", zero.detach(), prog_bar=True, batch_size=1, sync_dist=True)
             return zero
-        loss = self._loss(batch)
-        if world > 1:
-            loss = loss * weight
-        # sync_dist: the logged loss is the mean over ranks, which the weighting makes the global token mean.
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch["ids"]), sync_dist=True)
-        return loss
+        loss = self._loss(batch)  # this rank's token mean
+        # Logged: the micro-batch's token mean over all ranks (each rank's share weighted by its tokens; sync_dist
+        # averages over ranks).
+        self.log("train/loss", (loss * supervised * world / max(total, 1)).detach(), prog_bar=True,
+                 batch_size=len(batch["ids"]), sync_dist=True)
+        if not self._rescales_gradients:  # DeepSpeed keeps the gradients itself: weight by this micro-batch only
+            return loss * supervised * world / max(total, 1)
+        # Trained: the token *sum*; on_before_optimizer_step divides the step's gradient by the supervised tokens of
+        # all its micro-batches on all ranks, so the step is the token mean over everything it saw.
+        return loss * supervised
+
+    @property
+    def _rescales_gradients(self) -> bool:
+        """Whether the gradients are ours to scale before the optimizer steps (not under DeepSpeed's engine)."""
+        return not type(self.trainer.strategy).__name__.startswith("DeepSpeed")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Turn the accumulated gradient of token sums into the gradient of the step's token mean.
+
+        Gradients arrive averaged over ranks (DDP/FSDP) and each micro-batch's loss divided by
+        ``accumulate_grad_batches`` (Lightning), so ``world x k / tokens`` makes them the mean over every
+        supervised token of the step: k micro-batches on N ranks equal one batch of the same samples,
+        however the tokens fall (a plain mean of micro-batch means weights a short batch's tokens more).
+        Runs before gradient clipping, so clipping sees the true gradient.
+        """
+        tokens, self._step_tokens = getattr(self, "_step_tokens", 0), 0
+        if tokens == 0 or not self._rescales_gradients:
+            return
+        scale = self.trainer.world_size * self.trainer.accumulate_grad_batches / tokens
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not batch["ids"]:  # every sample of this batch was bad and skipped: nothing to score
@@ -248,9 +273,7 @@ def load_stage(ckpt_path: str, map_location: str | None = "cpu", trusted_targets
     if "stage_class" not in checkpoint:
         raise KeyError(f"'{ckpt_path}' names no stage_class: not a medgpt-oss stage checkpoint")
     check_checkpoint(checkpoint, trusted_targets)
-    cls = check_class_path(checkpoint["stage_class"], "checkpoint stage_class", trusted_targets)
-    if not issubclass(cls, VLMStage):
-        raise UntrustedCodeError(f"checkpoint stage_class = '{checkpoint['stage_class']}' is not a VLMStage")
+    cls = check_class_path(checkpoint["stage_class"], "checkpoint stage_class", trusted_targets, VLMStage)
     return cls.load_from_checkpoint(ckpt_path, map_location=map_location, trusted_targets=trusted_targets)
 
 

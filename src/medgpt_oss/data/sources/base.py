@@ -123,6 +123,7 @@ class Source(PublishedLayout):
         the source's name and "-") or, without one, where it is (e.g. ``vqa_rad-trainset.json[12]``). An id of
         ``0`` is an id. A record's samples are yielded only once all of them parsed."""
         prefix = f"{self.name}-" if id_prefix is None else id_prefix
+        objects, unparsed, first_error = 0, 0, None
         for where, rec in entries:
             if isinstance(rec, Skip):
                 rec.split = rec.split or split
@@ -133,6 +134,7 @@ class Source(PublishedLayout):
                 yield Skip(rid, "bad_record", f"{where} is {_json_type(rec)}, not a record object",
                            "give each record as a JSON object", split)
                 continue
+            objects += 1
             own_id = record_id(rec) if record_id else None
             if isinstance(own_id, (str, int)) and not isinstance(own_id, bool) and str(own_id).strip():
                 rid = f"{prefix}{own_id}"
@@ -142,10 +144,16 @@ class Source(PublishedLayout):
                 yield Skip(rid, bad.kind, f"{where}: {bad.reason}", bad.fix, split)
                 continue
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                unparsed += 1
+                first_error = first_error or exc
                 yield Skip(rid, "bad_record", f"{where}: {type(exc).__name__}: {exc}",
                            "check the record against the published schema", split)
                 continue
             yield from items
+        if objects and unparsed == objects:
+            # Not one record of the file parsed: a wrong source for this file, or a bug -- not bad data.
+            raise RuntimeError(f"{self.name}: none of the {objects} records of split '{split}' could be parsed; "
+                               f"is this the right source= for the file? First error: {first_error!r}") from first_error
 
     # -- readers (see the module docstring for the encoding policy) ----------------------------
 

@@ -93,10 +93,15 @@ images/images_normalized/<filename>"""
     def records(self) -> Iterator[SourceRecord | Skip]:
         views: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for row in self.read_csv(self.require("indiana_projections.csv")):
-            views[row["uid"].strip()].append((row["projection"].strip().lower(), row["filename"].strip()))
+            uid, filename = (row.get("uid") or "").strip(), (row.get("filename") or "").strip()
+            if uid and filename:  # a row naming no study or no file adds no view (its study reports it if empty)
+                views[uid].append(((row.get("projection") or "").strip().lower(), filename))
         image_dir = self.require(self.image_dir)
-        for row in self.read_csv(self.require("indiana_reports.csv")):
-            uid = row["uid"].strip()
+        for i, row in enumerate(self.read_csv(self.require("indiana_reports.csv"))):
+            uid = (row.get("uid") or "").strip()
+            if not uid:
+                yield Skip(f"iu_xray-row{i + 1}", "missing_field", f"indiana_reports.csv row {i + 1} has no uid", "")
+                continue
             rid, split = f"iu_xray-{uid}", stable_split(uid, self.val_fraction, self.test_fraction)
             findings, impression = (row.get("findings") or "").strip(), (row.get("impression") or "").strip()
             study = sorted(views.get(uid, []), key=lambda v: v[0] != "frontal")  # stable: frontal views first

@@ -92,7 +92,7 @@ class _StudySamples(Source):
         """study_id -> the same subject's latest earlier study that has a frontal image and a report."""
         by_subject: dict[str, list[Study]] = defaultdict(list)
         for s in studies:
-            if s.when is not None:
+            if s.when is not None and s.subject_id:
                 by_subject[s.subject_id].append(s)
         priors = {}
         for group in by_subject.values():
@@ -109,8 +109,13 @@ class _StudySamples(Source):
         """From mimic-cxr-2.0.0-metadata.csv: study -> (StudyDate, StudyTime), study -> its image rows."""
         when, rows = {}, defaultdict(list)
         for row in self.read_csv(metadata):
-            study = row["study_id"].strip()
-            when[study] = (row["StudyDate"].strip(), float(row["StudyTime"] or 0))
+            study = (row.get("study_id") or "").strip()
+            if not study:
+                continue  # an image row of no study belongs to no sample
+            try:  # a study without a readable date and time has no place in its subject's order (no prior)
+                when[study] = ((row.get("StudyDate") or "").strip(), float(row.get("StudyTime") or 0))
+            except ValueError:
+                pass
             rows[study].append(row)
         return when, rows
 
@@ -159,17 +164,20 @@ files/pXX/p<subject>/s<study>/<dicom_id>.jpg images (or .dcm)"""
         split_of: dict[str, str] = {}
         if (self.root / "mimic-cxr-2.0.0-split.csv").is_file():
             for row in self.read_csv(self.root / "mimic-cxr-2.0.0-split.csv"):
-                split_of[row["study_id"].strip()] = SPLIT_NAMES.get(row["split"].strip(), row["split"].strip())
+                split = (row.get("split") or "").strip()
+                split_of[(row.get("study_id") or "").strip()] = SPLIT_NAMES.get(split, split)
         self.require(self.reports_dir)
         studies = []
         for study_id, images in rows.items():
-            subject = images[0]["subject_id"].strip()
+            subject = (images[0].get("subject_id") or "").strip()
             path = self.root / self.reports_dir / f"p{subject[:2]}" / f"p{subject}" / f"s{study_id}.txt"
-            text = path.read_bytes().decode("utf-8", "surrogateescape") if path.is_file() else ""
-            views = [(r["ViewPosition"].strip().upper(), self._image(subject, study_id, r["dicom_id"].strip()))
-                     for r in images]
+            text = path.read_bytes().decode("utf-8", "surrogateescape") if subject and path.is_file() else ""
+            # Image rows without a dicom_id name no file; without a ViewPosition the view is unknown ("").
+            views = [((r.get("ViewPosition") or "").strip().upper(),
+                      self._image(subject, study_id, (r.get("dicom_id") or "").strip()))
+                     for r in images if (r.get("dicom_id") or "").strip()]
             studies.append(Study(study_id, subject, split_of.get(study_id, "train"),
-                                 report_section(text, self.section), views, when[study_id]))
+                                 report_section(text, self.section), views, when.get(study_id)))
         return studies
 
 
@@ -205,7 +213,7 @@ mimic-cxr-2.0.0-metadata.csv   (for longitudinal samples) StudyDate, StudyTime p
             raise self.layout_error("annotation.json must hold {train, val, test: [records]}")
 
         def study(split: str, rec: dict) -> Iterator[Study]:
-            study_id = str(rec.get("study_id") or rec.get("id"))
+            study_id = str(rec["study_id"] if rec.get("study_id") is not None else rec.get("id"))
             paths = rec.get("image_path") or []
             if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
                 raise BadField("bad_field", f"image_path {paths!r:.60} is not a list of file names",
@@ -215,7 +223,9 @@ mimic-cxr-2.0.0-metadata.csv   (for longitudinal samples) StudyDate, StudyTime p
             if report is not None and not isinstance(report, str):
                 raise BadField("bad_field", f"report is {type(report).__name__} ({report!r:.60}), not text",
                                "give the report as a string")
-            yield Study(study_id, str(rec.get("subject_id")), SPLIT_NAMES.get(split, split),
+            subject = rec.get("subject_id")
+            # Without a subject id a study has no prior: "None" would make one patient of every such study.
+            yield Study(study_id, str(subject) if subject is not None else "", SPLIT_NAMES.get(split, split),
                         " ".join(report.split()) if isinstance(report, str) and report.strip() else None,
                         [(v, image_dir / p) for v, p in zip(views, paths)], when.get(study_id))
 
@@ -225,6 +235,7 @@ mimic-cxr-2.0.0-metadata.csv   (for longitudinal samples) StudyDate, StudyTime p
                                                                                      else [recs]))
             for item in self.each(SPLIT_NAMES.get(split, split), entries,
                                   lambda rid, rec, split=split: study(split, rec),
-                                  record_id=lambda rec: rec.get("study_id") or rec.get("id")):
+                                  record_id=lambda rec: rec["study_id"] if rec.get("study_id") is not None
+                                  else rec.get("id")):
                 (self.study_skips if isinstance(item, Skip) else studies).append(item)
         return studies

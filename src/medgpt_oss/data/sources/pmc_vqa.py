@@ -47,7 +47,7 @@ images/<Figure_path>"""
                     options = {k: re.sub(rf"^\s*{k}\s*[:.)]\s*", "", row[f"Choice {k}"]).strip() for k in LETTERS}
                     letter = (row.get("Answer_label") or row["Answer"]).strip().rstrip(":.)").upper()
                     question, figure = row["Question"].strip(), row["Figure_path"].strip()
-                except (KeyError, AttributeError) as exc:
+                except (KeyError, AttributeError, TypeError) as exc:  # a missing column, or an empty cell (None)
                     yield Skip(rid, "missing_field", f"no column {exc}", "use the published PMC-VQA CSV", split)
                     continue
                 if letter not in options or not options[letter]:
