@@ -69,6 +69,11 @@ def build_strategy(cfg: DictConfig, stage: Any) -> Any:
     if spec.pop("auto_wrap_model_blocks", False):
         spec["auto_wrap_policy"] = blocks
     if spec.pop("checkpoint_model_blocks", False):
+        if cfg.llm.get("activation_checkpointing"):
+            raise ValueError(f"strategy={cfg.strategy.get('name', 'fsdp')} already recomputes every model block; "
+                             "set llm.activation_checkpointing=null, or strategy.checkpoint_model_blocks=false to "
+                             f"recompute only what llm.activation_checkpointing={cfg.llm.activation_checkpointing} "
+                             "names")
         spec["activation_checkpointing_policy"] = blocks
     return hydra.utils.instantiate(spec)
 

@@ -45,10 +45,6 @@ def to_llava_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {_rename(k, KEY_MAP): v for k, v in state.items()}
 
 
-def from_llava_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {_rename(k, [(new, old) for old, new in KEY_MAP]): v for k, v in state.items()}
-
-
 def llava_incompatibility(vlm: Any, max_tiles: int | None = None) -> str | None:
     """Why ``vlm`` cannot be written as ``LlavaForConditionalGeneration`` (``None``: it can)."""
     from medgpt_oss.models.encoders import CLIPEncoder, SiglipEncoder

@@ -18,6 +18,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from medgpt_oss.models.attention import FLEX, packed_block_masks  # importing registers attn_implementation="flex"
 from medgpt_oss.models.hub import check_scale, resolve_pretrained
 from medgpt_oss.models.loss import chunked_cross_entropy
+from medgpt_oss.models.recompute import apply_activation_checkpointing, compile_layers
 from medgpt_oss.harmony import IMAGE_TOKEN, ChatSettings, add_format_tokens
 from medgpt_oss.models.tokenizer import TINY_TOKENIZER_DIR
 
@@ -42,6 +43,8 @@ class LanguageModel(nn.Module):
         lora: dict[str, Any] | None = None,
         loss_chunk_size: int | None = None,
         chat: ChatSettings | dict[str, Any] | None = None,
+        activation_checkpointing: str | None = None,
+        compile: str | None = None,
     ) -> None:
         super().__init__()
         # The harmony system message's settings (date, reasoning effort, identity): part of the model's
@@ -77,6 +80,9 @@ class LanguageModel(nn.Module):
             self._quantize(self.lora_config["quantize"])
         if self.lora_config:
             self._apply_lora(self.lora_config)
+        # Speed/memory switches on the decoder layers (models/recompute.py); weight names do not change.
+        self.checkpointed = apply_activation_checkpointing(self.model, activation_checkpointing)
+        compile_layers(self.model, compile)
 
     def _register_special_tokens(self, image_token: str) -> None:
         """Give the tokenizer the image token (and, if it lacks them, harmony's control tokens).
