@@ -1,8 +1,7 @@
 """Benchmark adapters read fixtures written in each data set's published schema.
 
-The writers below reproduce the published field names, nesting and quirks (see
-shared/formats in the design notes); the content is our own. Other eval tests
-import them.
+The writers below reproduce the published field names, nesting and quirks (listed per
+benchmark in docs/evaluation.md); the content is our own. Other eval tests import them.
 """
 
 from __future__ import annotations

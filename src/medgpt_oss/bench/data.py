@@ -36,7 +36,7 @@ from medgpt_oss.data.streaming import StreamingConversations
 from medgpt_oss.harmony import IMAGE_TOKEN
 from medgpt_oss.models.tokenizer import load_tokenizer
 
-H200_CLIP_L336_IMAGES_PER_S = 1085.0  # CLIP-L/336 forward, bf16, one H200 (docs: shared/DESIGN.md section 7)
+H200_CLIP_L336_IMAGES_PER_S = 1085.0  # CLIP-L/336 forward, bf16, one H200 (measured; docs/data.md)
 CORES_PER_NODE = 16
 NEEDED_PER_CORE = H200_CLIP_L336_IMAGES_PER_S / CORES_PER_NODE  # ~68 images/s per core
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
