@@ -127,3 +127,18 @@ def test_accuracy_summary_reports_splits_and_counts_unparsed_as_wrong():
     assert s["accuracy"] == 0.5 and s["n"] == 4 and s["unparsed"] == 1
     assert s["by_type"] == {"closed": {"accuracy": 0.5, "n": 2}, "open": {"accuracy": 0.5, "n": 2}}
     assert s["open_token_recall"] == 0.5
+
+
+def test_a_missing_or_empty_report_earns_no_no_finding_credit():
+    from medgpt_oss.eval.chexpert import OBSERVATIONS, chexpert_f1, label_report
+
+    normal = "The heart size is normal. The lungs are clear. No pleural effusion or pneumothorax."
+    assert label_report(normal)["No Finding"] == 1
+    for empty in ("", "   \n", None):
+        assert label_report(empty) == {o: None for o in OBSERVATIONS}
+    # Before: an empty report matched every normal reference's No Finding, and beat a real report with one
+    # wrong finding. An empty report set now scores zero.
+    references = [normal] * 4
+    assert chexpert_f1([""] * 4, references)["chexpert_micro_f1"] == 0.0
+    real = chexpert_f1([normal] * 3 + ["There is a small right pleural effusion."], references)
+    assert real["chexpert_micro_f1"] == pytest.approx(6 / 8)  # TP 3 No Finding; FP effusion; FN No Finding

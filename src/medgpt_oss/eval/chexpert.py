@@ -125,8 +125,14 @@ def _mentions(sentence: str, observation: str) -> list[tuple[int, int, str]]:
     return found
 
 
-def label_report(report: str) -> dict[str, int | None]:
-    """Observation -> 1 positive, 0 negative, -1 uncertain, None not mentioned."""
+def label_report(report: str | None) -> dict[str, int | None]:
+    """Observation -> 1 positive, 0 negative, -1 uncertain, None not mentioned.
+
+    A missing or empty report mentions nothing, No Finding included: "nothing found" is a statement a
+    report makes, and an empty one would otherwise earn No Finding credit against every normal reference.
+    """
+    if report is None or not report.strip():
+        return {observation: None for observation in OBSERVATIONS}
     labels: dict[str, list[int]] = {}
     no_finding = True
     for sentence in _sentences(report):
