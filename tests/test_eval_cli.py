@@ -71,6 +71,26 @@ def test_predictions_file_is_scored_without_a_model(tmp_path):
     assert json.loads((out / "prompts.json").read_text())["default"]["closed"] == "{question}\nAnswer with {choices}."
 
 
+def test_raw_harmony_and_non_text_outputs_in_a_predictions_file(tmp_path):
+    root = write_vqa_rad(tmp_path / "vqa_rad")
+    preds = predictions(tmp_path / "p.jsonl", {
+        # another stack's raw reply: the final channel is the answer
+        "vqa_rad-1": "<|channel|>analysis<|message|>Looks enlarged.<|end|><|start|>assistant"
+                     "<|channel|>final<|message|>Yes.<|return|>",
+        # no final channel: unparseable, even though the analysis says the gold answer
+        "vqa_rad-2": "<|channel|>analysis<|message|>no<|end|>",
+        "vqa_rad-3": None,   # null is a missing answer, never the text "None"
+        "vqa_rad-4": 3.4,    # a number is not an answer either (gold "3.4 cm")
+    })
+    cfg = compose_eval(["benchmark=vqa_rad", f"benchmark.root={root}", f"predictions={preds}"], tmp_path)
+    evaluate(cfg, tmp_path / "run")
+    rows = {r["id"]: r for r in map(json.loads, open(tmp_path / "run" / "vqa_rad/predictions.jsonl"))}
+    assert rows["vqa_rad-1"]["output"] == "Yes." and rows["vqa_rad-1"]["correct"] is True
+    assert rows["vqa_rad-2"]["output"] is None and rows["vqa_rad-2"]["correct"] is False
+    assert rows["vqa_rad-3"]["output"] is None and rows["vqa_rad-3"]["correct"] is False
+    assert rows["vqa_rad-4"]["output"] is None
+
+
 def test_several_benchmarks_in_one_run(tmp_path):
     vqa, pubmed = write_vqa_rad(tmp_path / "v"), write_pubmedqa(tmp_path / "p")
     preds = predictions(tmp_path / "p.jsonl", {"pubmedqa-101": "yes", "pubmedqa-102": "no"})

@@ -324,3 +324,11 @@ def add_format_tokens(tokenizer: Any, image_token: str = IMAGE_TOKEN) -> list[st
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return missing
+
+
+def answer_in(output: str) -> str | None:
+    """The answer in an output produced elsewhere: plain text as it is; raw harmony (channel markup from a
+    server that returned the whole reply) reduced to its final channel, ``None`` when it has none."""
+    if any(token in output for token in (START, CHANNEL, MESSAGE)):
+        return final_answer(output)
+    return output

@@ -21,7 +21,7 @@ from typing import Any
 from medgpt_oss.data.jsonl import read_jsonl
 from medgpt_oss.eval.benchmarks.base import Benchmark, EvalItem, MalformedItem
 from medgpt_oss.eval.prompts import build_prompt, to_record
-from medgpt_oss.harmony import final_answer
+from medgpt_oss.harmony import answer_in, final_answer
 
 
 @dataclass
@@ -37,16 +37,21 @@ class RunOptions:
     progress: bool = True
 
 
-def read_predictions(path: str | Path) -> dict[str, str]:
-    """``{id: output}`` from a JSONL of ``{"id", "output"}`` lines (answers produced elsewhere)."""
-    out: dict[str, str] = {}
+def read_predictions(path: str | Path) -> dict[str, str | None]:
+    """``{id: output}`` from a JSONL of ``{"id", "output"}`` lines (answers produced elsewhere).
+
+    An ``output`` that is not text (``null``, a number) is a missing answer, never the string "None" (which
+    would match a gold "None"); raw harmony output is reduced to its final channel (``None``: it has none).
+    """
+    out: dict[str, str | None] = {}
     with open(path, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-                out[str(rec["id"])] = str(rec["output"])
+                output = rec["output"]
+                out[str(rec["id"])] = answer_in(output) if isinstance(output, str) else None
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{line_no}: expected a JSON object with 'id' and 'output' ({exc})") from exc
     return out
