@@ -91,6 +91,33 @@ def test_raw_harmony_and_non_text_outputs_in_a_predictions_file(tmp_path):
     assert rows["vqa_rad-4"]["output"] is None
 
 
+def test_a_predictions_file_is_checked_not_trusted(tmp_path, capsys):
+    root = write_vqa_rad(tmp_path / "vqa_rad")
+    lines = [{"id": "vqa_rad-1", "output": "Yes."}, {"id": "vqa_rad-1", "output": "Yes."},  # repeated, agrees
+             {"id": 2, "output": "no"},                                                  # a bare qid, as a number
+             {"id": "vqa_rad-99", "output": "x"}, {"id": "vqa_rad-3", "output": "Right upper lobe"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    cfg = compose_eval(["benchmark=vqa_rad", f"benchmark.root={root}", f"predictions={path}"], tmp_path)
+    evaluate(cfg, tmp_path / "run")
+    check = json.loads((tmp_path / "run" / "summary.json").read_text())["meta"]["predictions_check"]
+    assert check["lines"] == 5 and check["matched"] == 2
+    assert check["unknown"] == {"count": 2, "examples": ["2", "vqa_rad-99"]}
+    assert check["non_string_ids"] == {"count": 1, "examples": ["2"]}
+    assert check["duplicate_ids"] == {"count": 1, "examples": ["vqa_rad-1"]}
+    assert "2 answers matched items, 2 unknown ids" in capsys.readouterr().out
+
+    path.write_text(json.dumps({"id": "vqa_rad-1", "output": "Yes."}) + "\n"
+                    + json.dumps({"id": "vqa_rad-1", "output": "No."}) + "\n")
+    with pytest.raises(ValueError, match="id 'vqa_rad-1' was answered before with a different output"):
+        evaluate(compose_eval(["benchmark=vqa_rad", f"benchmark.root={root}", f"predictions={path}"], tmp_path),
+                 tmp_path / "run2")
+    path.write_text("".join(json.dumps({"id": i, "output": "yes"}) + "\n" for i in (1, 2, 3)))
+    with pytest.raises(ValueError, match=r"none of the 3 ids .* they look like \['vqa_rad-1'"):
+        evaluate(compose_eval(["benchmark=vqa_rad", f"benchmark.root={root}", f"predictions={path}"], tmp_path),
+                 tmp_path / "run3")
+
+
 def test_several_benchmarks_in_one_run(tmp_path):
     vqa, pubmed = write_vqa_rad(tmp_path / "v"), write_pubmedqa(tmp_path / "p")
     preds = predictions(tmp_path / "p.jsonl", {"pubmedqa-101": "yes", "pubmedqa-102": "no"})

@@ -78,7 +78,13 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     _check_shared_run_dir(world)
     if cfg.ckpt is None and cfg.predictions is None and not cfg.merge_only:
         raise ValueError("give ckpt=<checkpoint> to answer with a model, or predictions=<jsonl> to score answers")
-    predictions = read_predictions(cfg.predictions) if cfg.predictions else None
+    predictions_file = read_predictions(cfg.predictions) if cfg.predictions else None
+    predictions = predictions_file.outputs if predictions_file is not None else None
+    predictions_check = None
+    if predictions_file is not None and not cfg.merge_only:
+        item_ids = [item.id for bcfg in benchmarks.values()
+                    for item in hydra.utils.instantiate(bcfg, _convert_="all").items()]
+        predictions_check = predictions_file.check_against(item_ids, benchmarks)
     prompts = OmegaConf.to_container(cfg.prompts, resolve=True)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +117,13 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     if rank != 0:
         return None
     resolved = {k: str(Path(cfg[k]).resolve()) if cfg[k] else None for k in ("ckpt", "predictions")}
+    if predictions_check is not None:
+        print(f"predictions: {predictions_check['lines']} lines, {predictions_check['matched']} answers matched "
+              f"items, {predictions_check['unknown']['count']} unknown ids "
+              f"{predictions_check['unknown']['examples'] or ''}, {predictions_check['non_string_ids']['count']} "
+              f"ids not written as strings, {predictions_check['duplicate_ids']['count']} repeated")
     meta = {**resolved, "world_size": world, "seconds": round(time.time() - start, 1),
+            **({"predictions_check": predictions_check} if predictions_check is not None else {}),
             "command": "python -m medgpt_oss.evaluate " + " ".join(sys.argv[1:]), "prompt_templates": "prompts.json", "config": "config.yaml"}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     write_results(out_dir, summaries, meta)

@@ -37,24 +37,60 @@ class RunOptions:
     progress: bool = True
 
 
-def read_predictions(path: str | Path) -> dict[str, str | None]:
-    """``{id: output}`` from a JSONL of ``{"id", "output"}`` lines (answers produced elsewhere).
+@dataclass
+class PredictionsFile:
+    """The answers of a predictions file, and what about its ids deserves a look."""
+
+    path: str
+    outputs: dict[str, str | None]
+    lines: int = 0
+    non_string_ids: list[str] = field(default_factory=list)  # e.g. 162 where "vqa_rad-162" is meant
+    duplicate_ids: list[str] = field(default_factory=list)   # repeated with the same output: kept once
+
+    def check_against(self, item_ids: Iterable[str], benchmarks: Iterable[str]) -> dict[str, Any]:
+        """Counts for the run's summary; a file that names no item at all is an error showing the id form."""
+        known = set(item_ids)
+        unknown = [i for i in self.outputs if i not in known]
+        if self.outputs and len(unknown) == len(self.outputs):
+            raise ValueError(f"none of the {len(self.outputs)} ids in {self.path} names an item of "
+                             f"{sorted(benchmarks)}: they look like {sorted(known)[:3]}, yours like "
+                             f"{unknown[:3]}; use the ids of a run's <benchmark>/predictions.jsonl")
+        return {"lines": self.lines, "answers": len(self.outputs), "matched": len(self.outputs) - len(unknown),
+                "unknown": {"count": len(unknown), "examples": unknown[:5]},
+                "non_string_ids": {"count": len(self.non_string_ids), "examples": self.non_string_ids[:5]},
+                "duplicate_ids": {"count": len(self.duplicate_ids), "examples": self.duplicate_ids[:5]}}
+
+
+def read_predictions(path: str | Path) -> PredictionsFile:
+    """The answers of a JSONL of ``{"id", "output"}`` lines (answers produced elsewhere).
 
     An ``output`` that is not text (``null``, a number) is a missing answer, never the string "None" (which
     would match a gold "None"); raw harmony output is reduced to its final channel (``None``: it has none).
+    An id given twice is kept once when both answers agree and is an error when they differ.
     """
-    out: dict[str, str | None] = {}
+    found = PredictionsFile(str(path), {})
     with open(path, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-                output = rec["output"]
-                out[str(rec["id"])] = answer_in(output) if isinstance(output, str) else None
+                rid, output = rec["id"], rec["output"]
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{line_no}: expected a JSON object with 'id' and 'output' ({exc})") from exc
-    return out
+            found.lines += 1
+            if not isinstance(rid, str):
+                found.non_string_ids.append(str(rid))
+            rid = str(rid)
+            answer = answer_in(output) if isinstance(output, str) else None
+            if rid in found.outputs:
+                if found.outputs[rid] != answer:
+                    raise ValueError(f"{path}:{line_no}: id '{rid}' was answered before with a different output; "
+                                     "keep one answer per id")
+                found.duplicate_ids.append(rid)
+                continue
+            found.outputs[rid] = answer
+    return found
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
