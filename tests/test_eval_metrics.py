@@ -142,3 +142,31 @@ def test_a_missing_or_empty_report_earns_no_no_finding_credit():
     assert chexpert_f1([""] * 4, references)["chexpert_micro_f1"] == 0.0
     real = chexpert_f1([normal] * 3 + ["There is a small right pleural effusion."], references)
     assert real["chexpert_micro_f1"] == pytest.approx(6 / 8)  # TP 3 No Finding; FP effusion; FN No Finding
+
+
+def test_chexpert_cli_reads_and_writes_the_labelers_csv_formats(tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    reports = ["The heart is normal in size. The lungs are clear without effusion, consolidation or pneumothorax.",
+               "Moderate cardiomegaly. Small bilateral pleural effusions. Possible left basilar atelectasis.",
+               "Right internal jugular catheter in place.\nNo pneumothorax."]  # multi-line cells stay one report
+    with open(tmp_path / "in.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([r] for r in reports)  # headerless, one report per row
+    result = subprocess.run([sys.executable, "-m", "medgpt_oss.eval.chexpert", "--reports_path",
+                             str(tmp_path / "in.csv"), "--output_path", str(tmp_path / "out.csv")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "out.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["Reports", "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion",
+                             "Lung Opacity", "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax",
+                             "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices"]
+    assert [r["Reports"] for r in rows] == reports
+    normal, findings, device = rows
+    assert (normal["No Finding"], normal["Cardiomegaly"], normal["Pleural Effusion"], normal["Edema"]) == \
+        ("1.0", "0.0", "0.0", "")
+    assert (findings["No Finding"], findings["Cardiomegaly"], findings["Pleural Effusion"],
+            findings["Atelectasis"]) == ("", "1.0", "1.0", "-1.0")
+    assert (device["Support Devices"], device["No Finding"], device["Pneumothorax"]) == ("1.0", "1.0", "0.0")

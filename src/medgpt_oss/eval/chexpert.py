@@ -187,3 +187,44 @@ def chexpert_f1(predictions: Sequence[str], references: Sequence[str],
         "chexpert_micro_f1": f1(sum(tp), sum(fp), sum(fn)),
         "chexpert_macro_f1": sum(f1(tp[i], fp[i], fn[i]) for i in defined) / len(defined) if defined else 0.0,
     }
+
+
+# -- the CheXpert labeler's own command line and CSV formats -------------------------------------------
+
+# The labeler's column order (stanfordmlgroup/chexpert-labeler): No Finding first.
+LABELER_COLUMNS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Lung Opacity",
+                   "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+                   "Pleural Other", "Fracture", "Support Devices")
+_CELL = {POSITIVE: "1.0", NEGATIVE: "0.0", UNCERTAIN: "-1.0", None: ""}  # as the labeler's pandas writes them
+
+
+def label_csv(reports_path: str | Path, output_path: str | Path) -> int:
+    """Label a headerless one-report-per-row CSV into the labeler's output CSV (``Reports`` + 14 columns of
+    1.0 / 0.0 / -1.0 / blank). Returns the number of reports."""
+    import csv
+
+    with open(reports_path, newline="", encoding="utf-8") as fh:
+        reports = [row[0] if row else "" for row in csv.reader(fh)]
+    with open(output_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("Reports", *LABELER_COLUMNS))
+        for report in reports:
+            labels = label_report(report)
+            writer.writerow((report, *(_CELL[labels[column]] for column in LABELER_COLUMNS)))
+    return len(reports)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Label radiology reports as the CheXpert labeler's CLI does "
+                                                 "(same input and output CSV formats), with this project's rules.")
+    parser.add_argument("--reports_path", required=True, help="headerless CSV, one report per row")
+    parser.add_argument("--output_path", default="labeled_reports.csv")
+    args = parser.parse_args(argv)
+    n = label_csv(args.reports_path, args.output_path)
+    print(f"labelled {n} reports -> {args.output_path}")
+
+
+if __name__ == "__main__":
+    main()
