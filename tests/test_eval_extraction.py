@@ -21,6 +21,9 @@ YES_NO = [
     ("Normal", None), ("normal heart size", None), ("not sure", None), ("I don't know", None),
     ("There is no effusion", None), ("None", None), ("Nodule present", None), ("Knowing the anatomy", None),
     ("", None), ("yesterday's film", None), ("\\boxed{yes or no}", None), ("Maybe", None),
+    # both asserted as alternatives: a hedge, not the first word
+    ("Yes/no", None), ("yes or no", None), ("Yes and no.", None), ("No / yes", None),
+    ("Yes, no effusion is seen.", "yes"),  # a comma starts the explanation, not an alternative
 ]
 
 
@@ -48,6 +51,10 @@ CHOICE = [
     # not answers: the article "A", several letters, a letter outside the options, prose
     ("A nodule is seen in the right lung.", None), ("A or B", None), ("E", None), ("(E)", None),
     ("Pneumonia or asthma", None), ("It depends on the history.", None), ("", None),
+    # several letters given as the answer: no answer, wherever they stand (today "B, C" gave B)
+    ("B, C", None), ("B and C", None), ("(B) and (D)", None), ("C/D", None), ("The answer is B, C.", None),
+    ("\\boxed{B, C}", None),
+    ("B, because C is wrong", "B"),  # one letter, then an explanation that names another
 ]
 
 

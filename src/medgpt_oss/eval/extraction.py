@@ -100,11 +100,20 @@ def extract_label(output: str, labels: Sequence[str] = ("yes", "no")) -> str | N
     if boxed is not None:
         words = _WORD.findall(boxed.lower())
         return wanted.get(words[0]) if len(words) == 1 else None
+    if _hedges(strip_answer_lead(output), wanted):  # "Yes/no", "yes or no": both asserted, neither answered
+        return None
     lead = first_word(strip_answer_lead(output))
     if lead:
         return lead
     stated = _after_last_statement(output)
     return first_word(stated) if stated is not None else None
+
+
+def _hedges(text: str, labels: Mapping[str, str]) -> bool:
+    """Whether ``text`` opens with two different labels joined as alternatives ("yes/no", "No or yes")."""
+    words = "|".join(re.escape(label) for label in labels)
+    m = re.match(rf"\W*({words})\s*(?:/|\||\bor\b|\band\b)\s*({words})\b", text.lower())
+    return bool(m) and m.group(1) != m.group(2)
 
 
 def extract_yes_no(output: str) -> str | None:
@@ -123,6 +132,13 @@ def _letter_in(fragment: str, letters: str) -> str | None:
     m = re.match(rf"\(([{letters}])\)", s) or re.match(
         rf"([{letters}])(?:[.):\],]|\s*$|\s+[-–—]\s|\s+is\s+(?:the\s+)?(?:correct|right|answer|best))", s)
     return m.group(1) if m else None
+
+
+def _several_letters(fragment: str, letters: str) -> bool:
+    """Whether ``fragment`` opens with two different option letters given together ("B, C", "(B) and (D)")."""
+    m = re.match(rf"\W*\(?([{letters}])\)?\s*(?:,|/|&|\band\b|\bor\b)\s*\(?([{letters}])\b\)?",
+                 fragment.strip().strip("*_`' "))
+    return bool(m) and m.group(1) != m.group(2)
 
 
 def _option_text_match(output: str, options: Mapping[str, str]) -> str | None:
@@ -148,6 +164,9 @@ def extract_choice(output: str, options: Mapping[str, str]) -> str | None:
     letters = "".join(sorted(k.upper() for k in options))
     if not letters:
         return None
+    if any(_several_letters(fragment, letters) for fragment in (
+            _boxed(output) or "", _after_last_statement(output) or "", strip_answer_lead(output))):
+        return None  # "B, C" or "B and C": several answers to a one-answer question are no answer
     boxed = _boxed(output)
     if boxed is not None:
         return _letter_in(boxed, letters) or _option_text_match(boxed, options)
