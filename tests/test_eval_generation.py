@@ -15,8 +15,9 @@ from PIL import Image
 from medgpt_oss.eval.bench_generation import make_records, tiny_vlm
 from medgpt_oss.eval.benchmarks.base import EvalItem, MalformedItem
 from medgpt_oss.eval.benchmarks.medsynth import MedSynth
-from medgpt_oss.eval.generation import Generator, final_channel_text, training_image_options
+from medgpt_oss.eval.generation import Generator, training_image_options
 from medgpt_oss.eval.likelihood import pick_by_likelihood
+from medgpt_oss.harmony import final_answer
 from medgpt_oss.eval.prompts import build_prompt, to_record
 from medgpt_oss.eval.runner import ModelAnswerer, RunOptions, run_benchmark
 
@@ -94,9 +95,7 @@ def test_replies_end_and_are_read_as_harmony_says(vlm, tmp_path, case):
         assert reply == written[:written.rindex(stop) + len(stop)]
     else:  # ran on to max_new_tokens
         assert reply.startswith(written) and len(tok(reply, add_special_tokens=False)["input_ids"]) == 24
-    from medgpt_oss.eval.generation import final_channel_text
-
-    assert final_channel_text(reply) == answer
+    assert final_answer(reply) == answer
 
 
 def test_in_a_batch_each_row_stops_where_its_own_reply_ends(vlm, tmp_path):
@@ -120,15 +119,15 @@ def test_in_a_batch_each_row_stops_where_its_own_reply_ends(vlm, tmp_path):
         handle.remove()
     assert first == "<|channel|>final<|message|>Yes.<|end|>"  # stopped at the end of its final message
     assert second.startswith("<|channel|>analysis<|message|>nodule<|end|><|start|>assistant")  # ran on
-    assert final_channel_text(first) == "Yes." and final_channel_text(second) is None
+    assert final_answer(first) == "Yes." and final_answer(second) is None
 
 
-def test_final_channel_text_reads_only_the_final_channel():
-    assert final_channel_text("<|channel|>analysis<|message|>think<|end|><|start|>assistant"
+def test_final_answer_reads_only_the_final_channel():
+    assert final_answer("<|channel|>analysis<|message|>think<|end|><|start|>assistant"
                               "<|channel|>final<|message|>B<|return|>") == "B"
-    assert final_channel_text("<|channel|>final<|message|> Yes. <|end|><|start|>user") == "Yes."
-    assert final_channel_text("<|channel|>analysis<|message|>Yes.<|end|>") is None
-    assert final_channel_text("No.<|endoftext|>") is None
+    assert final_answer("<|channel|>final<|message|> Yes. <|end|><|start|>user") == "Yes."
+    assert final_answer("<|channel|>analysis<|message|>Yes.<|end|>") is None
+    assert final_answer("No.<|endoftext|>") is None
 
 
 def test_likelihood_picks_the_most_likely_option(generator, vlm, tmp_path):

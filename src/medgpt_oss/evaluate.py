@@ -80,11 +80,13 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
         raise ValueError("give ckpt=<checkpoint> to answer with a model, or predictions=<jsonl> to score answers")
     predictions_file = read_predictions(cfg.predictions) if cfg.predictions else None
     predictions = predictions_file.outputs if predictions_file is not None else None
+    instances = {name: hydra.utils.instantiate(bcfg, _convert_="all") for name, bcfg in benchmarks.items()}
+    # Each benchmark's items, read once: checked against the predictions file before any scoring, then scored.
+    items = {name: list(b.items()) for name, b in instances.items()} if predictions is not None else {}
     predictions_check = None
     if predictions_file is not None and not cfg.merge_only:
-        item_ids = [item.id for bcfg in benchmarks.values()
-                    for item in hydra.utils.instantiate(bcfg, _convert_="all").items()]
-        predictions_check = predictions_file.check_against(item_ids, benchmarks)
+        predictions_check = predictions_file.check_against([i.id for listed in items.values() for i in listed],
+                                                           benchmarks)
     prompts = OmegaConf.to_container(cfg.prompts, resolve=True)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +99,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     summaries: dict[str, Any] = {}
     generator = answerer = None
     start = time.time()
-    for name, bcfg in benchmarks.items():
-        benchmark = hydra.utils.instantiate(bcfg, _convert_="all")
+    for name, benchmark in instances.items():
         if cfg.merge_only:
             if rank == 0:
                 summaries[name] = finish(benchmark, out_dir / name, merge_shards(out_dir / name, world, 0))
@@ -109,7 +110,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
             generator.processor.root = Path(benchmark.root)  # images resolve against each benchmark's root
         opts = RunOptions(out_dir=out_dir, prompts=prompts, rank=rank, world_size=world, batch_size=cfg.batch_size,
                           limit=cfg.limit, wait_s=cfg.shard.wait_s)
-        summary = run_benchmark(benchmark, opts, answer=answerer, predictions=predictions)
+        summary = run_benchmark(benchmark, opts, answer=answerer, predictions=predictions, items=items.get(name))
         if summary is not None:
             summaries[name] = summary
             print(f"[{name}] scored {summary['n_scored']} of {summary['n_items']} items"

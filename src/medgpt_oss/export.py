@@ -192,9 +192,9 @@ def _write_llava(vlm: Any, out: Path, source: dict[str, Any], dtype: Any) -> Non
 def _write_medgpt_oss(vlm: Any, model_cfg: dict[str, Any], out: Path, source: dict[str, Any], dtype: Any,
                       not_llava: str | None) -> None:
     import torch
-    from transformers import CLIPImageProcessor
     from transformers import initialization as hf_init
 
+    from medgpt_oss.data.images import ImageTransform
     from medgpt_oss.harmony import chat_template
     from medgpt_oss.models.hf import ADAPTER_DIR, MedVLMForConditionalGeneration, config_from_vlm
 
@@ -211,15 +211,8 @@ def _write_medgpt_oss(vlm: Any, model_cfg: dict[str, Any], out: Path, source: di
     # A bare tokenizer (no processor) writes each image's whole token run itself.
     tokenizer.chat_template = chat_template(vlm.llm.chat, image_text=config.image_token * config.tokens_per_image)
     tokenizer.save_pretrained(out)
-    encoder = config.encoder
-    size = {"height": encoder["image_size"], "width": encoder["image_size"]}
-    # Resize straight to the square (no aspect-preserving crop), bicubic, rescale, normalise:
-    # exactly medgpt_oss.data.images.ImageTransform.
-    CLIPImageProcessor(
-        do_resize=True, size=size, resample=3, do_center_crop=False, crop_size=size, do_rescale=True,
-        rescale_factor=1 / 255, do_normalize=True, image_mean=list(encoder["image_mean"]),
-        image_std=list(encoder["image_std"]), do_convert_rgb=True,
-    ).save_pretrained(out)
+    encoder = vlm.encoder
+    ImageTransform(encoder.image_size, encoder.image_mean, encoder.image_std).hf_image_processor().save_pretrained(out)
     (out / "README.md").write_text(model_card(vlm, source, adapter=(out / ADAPTER_DIR).is_dir(), not_llava=not_llava))
 
 

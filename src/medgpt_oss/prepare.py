@@ -258,7 +258,7 @@ def prepare(source: Source, out: str | Path, formatter: HarmonyFormatter, strict
     clear_previous(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_MARKER).write_text("written by python -m medgpt_oss.prepare; removed when the run completes\n")
-    root = None if getattr(source, "allow_outside_root", False) else source.root
+    root = None if source.allow_outside_root else source.root
     preparer = Preparer(out, formatter, strict=strict, image_root=root, **options)
     try:
         items: Iterable[SourceRecord | Skip] = source.records()

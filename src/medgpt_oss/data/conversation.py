@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from medgpt_oss.data.jsonl import has_lone_surrogate
 from medgpt_oss.harmony import (
     END,
     IMAGE_PLACEHOLDER,
@@ -37,12 +38,6 @@ from medgpt_oss.harmony import (
 )
 
 IGNORE_INDEX = -100
-
-
-def has_lone_surrogate(text: str) -> bool:
-    """Text that holds half of a UTF-16 pair (a ``\\ud800`` JSON escape, or a byte that was not UTF-8 read with
-    surrogateescape): no tokenizer can encode it."""
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 class ConversationError(ValueError):

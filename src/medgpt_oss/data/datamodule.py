@@ -11,9 +11,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from medgpt_oss.data.conversation import IGNORE_INDEX, has_lone_surrogate
+from medgpt_oss.data.conversation import IGNORE_INDEX
 from medgpt_oss.data.jsonl import read_jsonl, read_records
 from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
+from medgpt_oss.data.sources.base import BadField, file_names, has_bad_text
 
 
 class ConversationDataset(Dataset):
@@ -57,12 +58,12 @@ def record_problem(record: dict[str, Any]) -> str | None:
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) for t in turns):
         return "no 'conversations' list of turns -- give [{from, value}, ...]"
-    if any(isinstance(v, str) and has_lone_surrogate(v) for t in turns for v in t.values()):
+    if has_bad_text(turns):
         return "a turn holds a lone surrogate (text that is not valid UTF-8) -- re-encode the source as UTF-8"
-    image = record.get("image")
-    images = [] if image is None else [image] if isinstance(image, str) else image
-    if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
-        return f"'image' is {image!r:.60}, not a file name or a list of them"
+    try:
+        file_names(record, "image", single=True)
+    except BadField as bad:
+        return bad.reason
     if not isinstance(record.get("task", ""), str):
         return f"'task' is {record['task']!r:.60}, not text"
     return None

@@ -114,6 +114,19 @@ class ImageTransform:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.normalise(self.resize(image))
 
+    def hf_image_processor(self):
+        """transformers' ``CLIPImageProcessor`` doing exactly this: resize straight to the square (no
+        aspect-preserving crop; ``crop_size`` = size, or serving tools count 224-px crops), bicubic, rescale,
+        normalise. Exports write it, so their users feed the model as training did."""
+        from transformers import CLIPImageProcessor
+
+        size = {"height": self.size, "width": self.size}
+        return CLIPImageProcessor(
+            do_resize=True, size=size, resample=3, do_center_crop=False, crop_size=size, do_rescale=True,
+            rescale_factor=1 / 255, do_normalize=True, image_mean=list(self.mean), image_std=list(self.std),
+            do_convert_rgb=True,
+        )
+
     def blank(self) -> torch.Tensor:
         """A black image after normalisation: what 'images blanked' ablations feed the model."""
         return self(Image.new("RGB", (self.size, self.size)))

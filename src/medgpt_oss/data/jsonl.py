@@ -20,6 +20,12 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def has_lone_surrogate(text: str) -> bool:
+    """Text that holds half of a UTF-16 pair (a ``\\ud800`` JSON escape, or a byte that was not UTF-8 read with
+    surrogateescape): no tokenizer can encode it."""
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
 def read_records(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The JSON objects of a JSONL file, and one problem per line that is not one (naming file and line).
 
@@ -33,7 +39,7 @@ def read_records(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
             if not line.strip():
                 continue
             where = f"{Path(path).name}:{line_no}"
-            if any("\udc80" <= ch <= "\udcff" for ch in line):
+            if has_lone_surrogate(line):  # surrogateescape kept the bytes that were not UTF-8
                 problems.append(f"{where}: bytes that are not UTF-8 -- re-encode the file as UTF-8")
                 continue
             try:

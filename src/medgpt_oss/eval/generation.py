@@ -48,9 +48,6 @@ class HarmonyReplyEnd(StoppingCriteria):
         return done
 
 
-final_channel_text = final_answer  # the final channel's text of a decoded reply; None when it has none
-
-
 def load_vlm(ckpt: str, device: str = "cpu", trusted_targets: Sequence[str] = ()):
     """A MedVLM in eval mode from a Lightning checkpoint of any stage, or from an export folder.
 
@@ -105,6 +102,7 @@ class Generator:
                                          dicom=dicom, allow_outside_root=allow_outside_root)
         self.tokenizer = vlm.tokenizer
         self.max_new_tokens = max_new_tokens
+        self.stop = HarmonyReplyEnd(self.tokenizer)
 
     @property
     def device(self) -> torch.device:
@@ -122,10 +120,9 @@ class Generator:
         attention_mask = batch["attention_mask"].to(self.device)
         pixels = batch["pixel_values"].to(self.device) if batch["pixel_values"].numel() else None
         embeds = self.vlm.embed(input_ids, pixels)
-        stop = HarmonyReplyEnd(self.tokenizer)
         out = self.vlm.llm.model.generate(
             inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=self.max_new_tokens,
-            do_sample=False, eos_token_id=stop.stop_ids, stopping_criteria=StoppingCriteriaList([stop]),
+            do_sample=False, eos_token_id=self.stop.stop_ids, stopping_criteria=StoppingCriteriaList([self.stop]),
             pad_token_id=self.tokenizer.pad_token_id, use_cache=True, streamer=streamer,
         )
         # Given only inputs_embeds, generate returns the new tokens alone.
@@ -133,11 +130,11 @@ class Generator:
 
     def generate(self, samples: Sequence[dict[str, Any]], streamer: Any = None) -> list[str | None]:
         """The final-channel answers (``None`` for a reply without a final channel)."""
-        return [final_channel_text(reply) for reply in self.replies(samples, streamer)]
+        return [final_answer(reply) for reply in self.replies(samples, streamer)]
 
     def decode_reply(self, ids: list[int]) -> str:
         """A row of generated ids up to where the reply ended (rows that ended early are padded)."""
-        stop = HarmonyReplyEnd(self.tokenizer)
+        stop = self.stop
         for i, tok in enumerate(ids):
             if tok in stop.stop_ids or (tok == stop.end_id and stop.after_final_header(ids[:i])):
                 ids = ids[:i + 1]

@@ -234,10 +234,13 @@ def check_unique_ids(name: str, items: list[EvalItem | MalformedItem]) -> None:
 
 
 def run_benchmark(benchmark: Benchmark, opts: RunOptions, answer: ModelAnswerer | None = None,
-                  predictions: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """Score this rank's share; on rank 0 merge and return the summary (other ranks return None)."""
+                  predictions: Mapping[str, str] | None = None,
+                  items: list[EvalItem | MalformedItem] | None = None) -> dict[str, Any] | None:
+    """Score this rank's share; on rank 0 merge and return the summary (other ranks return None).
+
+    ``items``: the benchmark's items when the caller has read them already (else read here)."""
     bench_dir = opts.out_dir / benchmark.name
-    all_items = list(benchmark.items())  # a wrong root fails here, before any model work
+    all_items = list(benchmark.items()) if items is None else items  # a wrong root fails here, before model work
     check_unique_ids(benchmark.name, all_items)
     if opts.limit is not None:
         all_items = all_items[: int(opts.limit)]

@@ -39,7 +39,7 @@ from transformers import (
 
 from medgpt_oss.harmony import IMAGE_TOKEN, STOP_TOKENS, ChatSettings
 from medgpt_oss.models.llm import LanguageModel
-from medgpt_oss.trust import UntrustedCodeError, check_class_path
+from medgpt_oss.trust import check_class_path
 
 MODEL_TYPE = "medgpt_oss_vlm"
 ADAPTER_DIR = "lora_adapter"  # where an unmerged LoRA adapter goes inside an export folder
@@ -98,20 +98,12 @@ class MedVLMConfig(PreTrainedConfig):
 # -- rebuilding the parts from the config ------------------------------------------------------------
 
 
-def _import_class(path: str, base: type, where: str) -> type:
-    """``"pkg.module.Class"`` -> the class, which must be this project's (checked before any import: a
-    config.json from elsewhere is data) and subclass ``base``."""
-    cls = check_class_path(path, where)
-    if not issubclass(cls, base):
-        raise UntrustedCodeError(f"{where} = '{path}' is not a {base.__name__} subclass")
-    return cls
-
-
 def build_encoder(desc: dict[str, Any]) -> nn.Module:
     """The encoder, built from its architecture config through the class's own build-from-config path."""
     from medgpt_oss.models.encoders import VisionEncoder
 
-    cls = _import_class(desc["class"], VisionEncoder, "config.json encoder.class")
+    # config.json is data: the class must be this project's (checked before any import) and a VisionEncoder.
+    cls = check_class_path(desc["class"], "config.json encoder.class", base=VisionEncoder)
     # scale="tiny" is the "build this architecture from a config dict, load nothing" path; the
     # random init it makes is replaced by the exported weights.
     encoder = cls(pretrained=desc.get("pretrained") or "exported", scale="tiny", tiny=desc["architecture"],
@@ -127,7 +119,7 @@ def build_encoder(desc: dict[str, Any]) -> nn.Module:
 def build_projector(desc: dict[str, Any]) -> nn.Module:
     from medgpt_oss.models.projectors import Projector
 
-    cls = _import_class(desc["class"], Projector, "config.json projector.class")
+    cls = check_class_path(desc["class"], "config.json projector.class", base=Projector)
     return cls(in_dim=desc["in_dim"], out_dim=desc["out_dim"], **desc.get("kwargs", {}))
 
 

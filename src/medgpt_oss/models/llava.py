@@ -93,19 +93,13 @@ def llava_processor(vlm: Any):
     writes one image token per image (the processor expands it to ``tokens_per_image``)."""
     import copy
 
-    from transformers import CLIPImageProcessor, LlavaProcessor
+    from transformers import LlavaProcessor
 
+    from medgpt_oss.data.images import ImageTransform
     from medgpt_oss.harmony import chat_template
 
     encoder = vlm.encoder
-    size = {"height": encoder.image_size, "width": encoder.image_size}
-    # Resize straight to the square (no aspect-preserving crop), bicubic, rescale, normalise: exactly
-    # medgpt_oss.data.images.ImageTransform. crop_size = size, or serving tools count 224-px crops.
-    image_processor = CLIPImageProcessor(
-        do_resize=True, size=size, resample=3, do_center_crop=False, crop_size=size, do_rescale=True,
-        rescale_factor=1 / 255, do_normalize=True, image_mean=list(encoder.image_mean),
-        image_std=list(encoder.image_std), do_convert_rgb=True,
-    )
+    image_processor = ImageTransform(encoder.image_size, encoder.image_mean, encoder.image_std).hf_image_processor()
     tokenizer = copy.deepcopy(vlm.tokenizer)
     template = chat_template(vlm.llm.chat, image_text=vlm.llm.image_token)
     tokenizer.chat_template = template

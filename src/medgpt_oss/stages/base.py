@@ -272,8 +272,8 @@ def load_stage(ckpt_path: str, map_location: str | None = "cpu", trusted_targets
     checkpoint = load_checkpoint(ckpt_path)
     if "stage_class" not in checkpoint:
         raise KeyError(f"'{ckpt_path}' names no stage_class: not a medgpt-oss stage checkpoint")
-    check_checkpoint(checkpoint, trusted_targets)
     cls = check_class_path(checkpoint["stage_class"], "checkpoint stage_class", trusted_targets, VLMStage)
+    # load_from_checkpoint checks the stored hyper-parameters before it builds anything.
     return cls.load_from_checkpoint(ckpt_path, map_location=map_location, trusted_targets=trusted_targets)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medgpt_oss.data.jsonl import has_lone_surrogate
 from medgpt_oss.data.layout import PublishedLayout
 
 SPLITS = ("train", "val", "test")
@@ -69,16 +70,30 @@ def _json_type(value: Any) -> str:
             dict: "an object"}.get(type(value), type(value).__name__)
 
 
-def text(rec: dict[str, Any], key: str) -> str:
+def text(rec: dict[str, Any], key: str, optional: bool = False) -> str | None:
     """A text field, stripped. Never stringified: ``null``, numbers, booleans and lists are not questions or
-    answers (``str()`` would train on "None", "True", "nan", "['a', 'b']")."""
+    answers (``str()`` would train on "None", "True", "nan", "['a', 'b']"). ``optional``: a missing or
+    ``null`` field is ``None`` rather than a skip."""
+    value = rec.get(key)
+    if value is None and optional:
+        return None
     if key not in rec:
         raise BadField("missing_field", f"no field '{key}'", f"give every record a '{key}'")
-    value = rec[key]
     if not isinstance(value, str):
         raise BadField("bad_field", f"'{key}' is {_json_type(value)} ({value!r:.60}), not text",
                        f"give '{key}' as a string")
     return value.strip()
+
+
+def file_names(rec: dict[str, Any], key: str, single: bool = False) -> list[str]:
+    """A field naming image files: a list of names (``single``: or one name), or missing/``null`` (none).
+    Anything else (a number, a list holding a ``null``) is a :class:`BadField`, never a path made of ``str()``."""
+    value = rec.get(key)
+    names = [] if value is None else [value] if single and isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        wanted = "a file name or a list of them" if single else "a list of file names"
+        raise BadField("bad_field", f"'{key}' is {value!r:.60}, not {wanted}", f"give '{key}' as {wanted}")
+    return names
 
 
 def turns(*texts: str) -> list[dict[str, str]]:
@@ -196,7 +211,7 @@ def has_bad_text(value: Any) -> bool:
     """True if any string inside holds a lone surrogate: a byte that was not UTF-8 (surrogateescape), or a
     ``\\ud800``-style escape in valid JSON. Neither is text a tokenizer can encode."""
     if isinstance(value, str):
-        return any("\ud800" <= ch <= "\udfff" for ch in value)
+        return has_lone_surrogate(value)
     if isinstance(value, dict):
         return any(has_bad_text(k) or has_bad_text(v) for k, v in value.items())
     if isinstance(value, (list, tuple)):

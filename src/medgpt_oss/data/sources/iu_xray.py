@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, stable_split, turns
+from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, file_names, stable_split, text, turns
 
 MULTIVIEW_PROMPT = ("These are the frontal and lateral views of a chest X-ray. "
                     "Write the findings section of the radiology report.")
@@ -50,20 +50,16 @@ images/<image_path>"""
                                  record_id=lambda rec: rec.get("id"))
 
     def _record(self, rid: str, rec: dict, split: str, image_dir: Path) -> Iterator[SourceRecord | Skip]:
-        report, paths = rec.get("report"), rec.get("image_path") or []
-        if report is not None and not isinstance(report, str):
-            yield Skip(rid, "bad_field", f"report is {type(report).__name__} ({report!r:.60}), not text",
-                       "give the report as a string", split)
-        elif not isinstance(report, str) or not report.strip():
+        report = text(rec, "report", optional=True)
+        if not report:
             yield Skip(rid, "empty_findings", "empty or missing report", "IU X-ray has studies without "
                        "findings; nothing to fix unless you expected one", split, expected=True)
-        elif not paths:
+            return
+        if not rec.get("image_path"):
             yield Skip(rid, "missing_field", "no image_path", "", split)
-        elif not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
-            yield Skip(rid, "bad_field", f"image_path {paths!r:.60} is not a list of file names",
-                       "give image_path as a list of strings", split)
-        else:
-            yield report_record(rid, split, [image_dir / p for p in paths], report, {"study": rec.get("id")})
+            return
+        paths = file_names(rec, "image_path")
+        yield report_record(rid, split, [image_dir / p for p in paths], report, {"study": rec.get("id")})
 
 
 class IUXrayKaggle(Source):

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, text, turns
+from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, file_names, text, turns
 
 
 def infer_task(conversations: list[dict[str, Any]], has_image: bool) -> str:
@@ -61,16 +61,8 @@ images/<image>"""
             yield Skip(rid, "missing_field", "'conversations' is not a list of turns",
                        "give conversations as [{from, value}, ...]", split)
             return
-        image = rec.get("image")
-        images = [] if image is None else [image] if isinstance(image, str) else image
-        if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
-            yield Skip(rid, "bad_field", f"'image' is {image!r:.60}, not a file name or a list of them",
-                       "give image as a string or a list of strings", split)
-            return
-        task = self.task or rec.get("task") or infer_task(conv, bool(images))
-        if not isinstance(task, str):
-            yield Skip(rid, "bad_field", f"'task' is {task!r:.60}, not text", "give task as a string", split)
-            return
+        images = file_names(rec, "image", single=True)
+        task = self.task or rec.get("task") or infer_task(conv, bool(images))  # its type: checked by prepare
         meta = {k: v for k, v in rec.items() if k not in ("id", "image", "conversations", "task")}
         yield SourceRecord(rid, task, split, conv, [self.root / self.image_dir / p for p in images], meta)
 

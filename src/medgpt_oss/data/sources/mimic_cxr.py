@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medgpt_oss.data.sources.base import BadField, Skip, Source, SourceRecord, turns
+from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, file_names, text, turns
 from medgpt_oss.eval.benchmarks.reports import report_section
 
 FRONTAL, LATERAL = ("PA", "AP"), ("LATERAL", "LL")
@@ -212,22 +212,19 @@ mimic-cxr-2.0.0-metadata.csv   (for longitudinal samples) StudyDate, StudyTime p
         if not isinstance(data, dict):
             raise self.layout_error("annotation.json must hold {train, val, test: [records]}")
 
+        def study_id(rec: dict) -> object:  # a study id of 0 is an id
+            return rec["study_id"] if rec.get("study_id") is not None else rec.get("id")
+
         def study(split: str, rec: dict) -> Iterator[Study]:
-            study_id = str(rec["study_id"] if rec.get("study_id") is not None else rec.get("id"))
-            paths = rec.get("image_path") or []
-            if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
-                raise BadField("bad_field", f"image_path {paths!r:.60} is not a list of file names",
-                               "give image_path as a list of strings")
+            sid = str(study_id(rec))
+            paths = file_names(rec, "image_path") if rec.get("image_path") else []
             views = [str(v).upper() for v in rec.get("view") or []] or ["PA", "LATERAL"][: len(paths)]
-            report = rec.get("report")
-            if report is not None and not isinstance(report, str):
-                raise BadField("bad_field", f"report is {type(report).__name__} ({report!r:.60}), not text",
-                               "give the report as a string")
+            report = text(rec, "report", optional=True)
             subject = rec.get("subject_id")
             # Without a subject id a study has no prior: "None" would make one patient of every such study.
-            yield Study(study_id, str(subject) if subject is not None else "", SPLIT_NAMES.get(split, split),
-                        " ".join(report.split()) if isinstance(report, str) and report.strip() else None,
-                        [(v, image_dir / p) for v, p in zip(views, paths)], when.get(study_id))
+            yield Study(sid, str(subject) if subject is not None else "", SPLIT_NAMES.get(split, split),
+                        " ".join(report.split()) if report else None,
+                        [(v, image_dir / p) for v, p in zip(views, paths)], when.get(sid))
 
         studies = []
         for split, recs in data.items():
@@ -235,7 +232,6 @@ mimic-cxr-2.0.0-metadata.csv   (for longitudinal samples) StudyDate, StudyTime p
                                                                                      else [recs]))
             for item in self.each(SPLIT_NAMES.get(split, split), entries,
                                   lambda rid, rec, split=split: study(split, rec),
-                                  record_id=lambda rec: rec["study_id"] if rec.get("study_id") is not None
-                                  else rec.get("id")):
+                                  record_id=study_id):
                 (self.study_skips if isinstance(item, Skip) else studies).append(item)
         return studies
