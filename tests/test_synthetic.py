@@ -383,3 +383,33 @@ def test_cli_prints_counts(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"root", "train", "val", "test"}
     assert sum(out["train"].values()) == len(read_jsonl(tmp_path / "cli" / "train.jsonl"))
+
+
+def test_a_patient_series_holds_every_study_oldest_first_and_reports_the_current_one(records, medsynth):
+    series = _by(records, "series_report")
+    assert len(series) == len(_by(records, "longitudinal")) > 0  # every patient with a prior has a series
+    for r in series:
+        index = int(r["id"].split("-")[2])
+        case = ms.sample_case(0, "train", index)
+        older = [f"images/train/{index:06d}_older{k:02d}_frontal.png" for k in range(len(case["older"]))]
+        assert 3 <= len(older) <= 16
+        assert r["image"] == older + [f"images/train/{index:06d}_{v}.png" for v in
+                                      ("prior_frontal", "prior_lateral", "frontal", "lateral")]
+        assert all((medsynth / p).is_file() for p in r["image"])
+        question, answer = (t["value"] for t in r["conversations"])
+        assert question.count("<image>") == len(r["image"])
+        assert question.count("Report: ") == len(older) + 1  # every earlier study's report, none for the current
+        assert answer == ms.report_text(case["findings"]) + "\nComparison: " + ms._LONG_ANSWER[case["change"]]
+    # older follow-ups are drawn anew: not copies of the prior image
+    r = series[0]
+    assert (medsynth / r["image"][0]).read_bytes() != (medsynth / r["image"][-4]).read_bytes()
+
+
+def test_series_are_the_long_samples_of_the_long_context_mix(records, tiny_tokenizer):
+    from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
+    from medgpt_oss.harmony import IMAGE_TOKEN
+
+    spec = ModelInputSpec(tiny_tokenizer, IMAGE_TOKEN, 64, 64, (0.5,) * 3, (0.5,) * 3)
+    processor = SampleProcessor(spec, ".")
+    lengths = {t: [processor.sample_length(r) for r in _by(records, t)] for t in ("series_report", "longitudinal")}
+    assert max(lengths["series_report"]) > 2000 > 4 * max(lengths["longitudinal"])

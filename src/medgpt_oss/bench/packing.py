@@ -1,26 +1,29 @@
-"""How much of each batch is real tokens, with and without packing, on MedSynth.
+"""How much of each packed row is real tokens on MedSynth's stage mixes, per row length.
 
-    python -m medgpt_oss.bench.packing [--batch-size 32] [--pack-length 2048] [--tokens-per-image 64]
+    python -m medgpt_oss.bench.packing [--pack-lengths 2048 8192] [--lookahead 1024] [--tokens-per-image 64]
 
-Counts only (no images are decoded): every record of the stage's task mix is
-tokenized exactly as training does, batched in the training sampler's order,
-and laid out padded (longest sample per batch) or packed (data/packing.py).
+Counts only (no image is decoded): every record of the stage's task mix is tokenized exactly as
+training does (``SampleProcessor.sample_length``), ordered as the training sampler's first pass,
+and laid out three ways: padded batches of ``--batch-size`` samples (longest sample per batch),
+first-fit packing within each such batch (``data.pack_lookahead=0``), and rows planned over a
+lookahead window (``PackedBatchSampler``, the default). Useful fraction = real tokens / (rows x
+row length), so a row's unused tail counts as padding. The last line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from medgpt_oss.config import CONF_DIR
-from medgpt_oss.data.conversation import HarmonyFormatter
 from medgpt_oss.data.datamodule import ResumableShuffleSampler
 from medgpt_oss.data.jsonl import read_jsonl
-from medgpt_oss.data.packing import plan_rows
-from medgpt_oss.data.processor import record_images
+from medgpt_oss.data.packing import PackedBatchSampler, plan_rows
+from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
 from medgpt_oss.data.synthetic import ensure_medsynth
 from medgpt_oss.harmony import IMAGE_TOKEN
 from medgpt_oss.models.tokenizer import load_tokenizer
@@ -31,39 +34,57 @@ def stage_tasks(stage: str) -> list[str]:
     return list(OmegaConf.load(CONF_DIR / "stage" / f"{stage}.yaml").data.tasks)
 
 
-def fill_ratios(lengths: list[int], batch_size: int, pack_length: int) -> dict[str, float]:
-    real = padded = packed = 0
+def batch_fill(lengths: list[int], batch_size: int, pack_length: int) -> dict[str, float]:
+    """Padded batches and first-fit packing within each batch (rows counted at ``pack_length``)."""
+    real = padded = rows = 0
     for start in range(0, len(lengths), batch_size):
         batch = lengths[start:start + batch_size]
         real += sum(batch)
         padded += len(batch) * max(batch)
-        rows = plan_rows(batch, pack_length)
-        packed += len(rows) * max(sum(batch[i] for i in row) for row in rows)
-    return {"padded_fill": real / padded, "packed_fill": real / packed}
+        rows += len(plan_rows(batch, pack_length))
+    return {"useful_fraction_padded": real / padded, "useful_fraction_batch_packed": real / (rows * pack_length)}
+
+
+def planned_fill(lengths: list[int], pack_length: int, lookahead: int) -> float:
+    """Rows planned over the lookahead window for one pass, as training plans them."""
+    sampler = PackedBatchSampler(lengths, seed=42, pack_length=pack_length, rows=1, lookahead=lookahead)
+    rows = [row for batch in sampler.plan(0) for row in batch]
+    return sum(lengths[i] for row in rows for i in row) / (len(rows) * pack_length)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("data/medsynth"))
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--pack-length", type=int, default=2048)
+    parser.add_argument("--pack-lengths", type=int, nargs="+", default=[2048, 8192])
+    parser.add_argument("--lookahead", type=int, default=1024)
     parser.add_argument("--tokens-per-image", type=int, default=64, help="64: mlp2x_gelu at tiny scale; 16: pixel_shuffle")
     args = parser.parse_args()
     ensure_medsynth(args.root)
-    formatter = HarmonyFormatter(load_tokenizer(), IMAGE_TOKEN, args.tokens_per_image)
+    spec = ModelInputSpec(load_tokenizer(), IMAGE_TOKEN, args.tokens_per_image, 64, (0.5,) * 3, (0.5,) * 3)
+    processor = SampleProcessor(spec, args.root)
     records = read_jsonl(args.root / "train.jsonl")
-    results = {}
+    results: dict[str, dict] = {}
     for stage in ("longctx", "instruct"):
         tasks = stage_tasks(stage)
-        chosen = [r for r in records if r["task"] in tasks]
-        lengths = [len(formatter.tokenize(r["id"], r["conversations"], len(record_images(r))).input_ids) for r in chosen]
+        started = time.perf_counter()
+        lengths = [processor.sample_length(r) for r in records if r["task"] in tasks]
+        per_sample_ms = 1000 * (time.perf_counter() - started) / len(lengths)
         order = list(ResumableShuffleSampler(len(lengths), seed=42))
-        ratios = fill_ratios([lengths[i] for i in order], args.batch_size, args.pack_length)
-        results[stage] = {"samples": len(lengths), "mean_tokens": sum(lengths) / len(lengths),
-                          "max_tokens": max(lengths), **{k: round(v, 4) for k, v in ratios.items()}}
-        print(f"{stage:9s} samples={len(lengths):6d} mean={results[stage]['mean_tokens']:.0f} tokens  "
-              f"non-padding: padded {ratios['padded_fill']:.1%}  packed {ratios['packed_fill']:.1%}")
-    print(json.dumps({"batch_size": args.batch_size, "pack_length": args.pack_length,
+        ordered = [lengths[i] for i in order]
+        results[stage] = {"samples": len(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1),
+                          "max_tokens": max(lengths), "length_ms_per_sample": round(per_sample_ms, 3)}
+        for pack_length in args.pack_lengths:
+            fits = [n for n in lengths if n <= pack_length]  # longer ones: data.max_length = pack_length skips them
+            fills = {**batch_fill([n for n in ordered if n <= pack_length], args.batch_size, pack_length),
+                     "useful_fraction_packed": planned_fill(fits, pack_length, args.lookahead)}
+            results[stage][str(pack_length)] = {**{k: round(v, 4) for k, v in fills.items()},
+                                                "samples_longer_than_row": len(lengths) - len(fits)}
+            print(f"{stage:9s} rows of {pack_length:6d}: samples={len(fits)} (+{len(lengths) - len(fits)} longer) "
+                  f"mean={sum(lengths) / len(lengths):.0f} max={max(lengths)} tokens; useful: padded "
+                  f"{fills['useful_fraction_padded']:.1%}, packed per batch {fills['useful_fraction_batch_packed']:.1%}, "
+                  f"planned (lookahead {args.lookahead}) {fills['useful_fraction_packed']:.1%}")
+    print(json.dumps({"batch_size": args.batch_size, "lookahead": args.lookahead,
                       "tokens_per_image": args.tokens_per_image, **results}))
 
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medgpt_oss.data.conversation import IGNORE_INDEX
 from medgpt_oss.data.jsonl import read_jsonl, read_records
+from medgpt_oss.data.packing import PackedBatchSampler
 from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
 from medgpt_oss.data.sources.base import BadField, file_names, has_bad_text
 
@@ -49,8 +50,17 @@ class ConversationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(index, tuple):  # (sample, row) from PackedBatchSampler: the sample keeps its planned row
+            sample = self.processor.process(self.records[index[0]], strict=self.strict)
+            return {**sample, "row": index[1]}
         return self.processor.process(self.records[index], strict=self.strict)
+
+    def lengths(self) -> list[int]:
+        """Every record's sample length in tokens (text only), computed once."""
+        if not hasattr(self, "_lengths"):
+            self._lengths = [self.processor.sample_length(record) for record in self.records]
+        return self._lengths
 
 
 def record_problem(record: dict[str, Any]) -> str | None:
@@ -160,6 +170,8 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
         synth: dict[str, Any] | None = None,
         seed: int = 0,
         pack_length: int | None = None,
+        pack_lookahead: int | None = None,
+        pack_rows: int = 1,
         strict: bool = False,
         max_tiles: int | None = None,
         dicom: dict[str, Any] | None = None,
@@ -174,14 +186,18 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
         self.synth = dict(synth) if synth else None
         self.seed = seed
         self.pack_length = pack_length
+        # pack_lookahead (with pack_length): rows planned over a window of this many shuffled samples,
+        # pack_rows rows per batch (batch_size unused); 0/None: first-fit within each batch of batch_size samples.
+        self.pack_lookahead = pack_lookahead if pack_length and pack_lookahead else None
+        self.pack_rows = pack_rows
         self.strict = strict  # true: the first bad sample stops training, naming it; false: skipped and counted
         # max_tiles: InternVL-style dynamic tiling (None/1: off); dicom: DicomOptions (frames, ct_windows).
         # allow_outside_root: image paths may leave root (absolute, .., symlinks); off, they are skipped by name.
         self.processor = SampleProcessor(input_spec, self.root, system_prompt=system_prompt, max_length=max_length,
                                          max_tiles=max_tiles, dicom=dicom, allow_outside_root=allow_outside_root)
         self.datasets: dict[str, ConversationDataset] = {}
-        self.train_sampler: ResumableShuffleSampler | None = None
-        self._consumed_to_restore = 0
+        self.train_sampler: ResumableShuffleSampler | PackedBatchSampler | None = None
+        self._consumed_to_restore: int | tuple[int, int] = 0
 
     def prepare_data(self) -> None:
         if self.synth is not None:
@@ -202,10 +218,11 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
                         self.skipped_total += len(dataset.problems)
 
     def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
+        batches = {"batch_sampler": sampler} if isinstance(sampler, PackedBatchSampler) else \
+            {"batch_size": self.batch_size, "sampler": sampler}
         return DataLoader(
             self.datasets[split],
-            batch_size=self.batch_size,
-            sampler=sampler,
+            **batches,
             num_workers=self.num_workers,
             collate_fn=self.collate,
             persistent_workers=self.num_workers > 0,
@@ -224,11 +241,31 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
                     "(ResumableShuffleSampler shards the data by rank and keeps the resume position itself)"
                 )
             world_size, rank = self.trainer.world_size, self.trainer.global_rank
-        self.train_sampler = ResumableShuffleSampler(
-            len(self.datasets[self.train_split]), self.seed, num_replicas=world_size, rank=rank
-        )
-        self.train_sampler.consumed = self._consumed_to_restore
+        dataset = self.datasets[self.train_split]
+        if self.pack_lookahead:
+            self.train_sampler = PackedBatchSampler(dataset.lengths(), self.seed, self.pack_length, self.pack_rows,
+                                                    self.pack_lookahead, world_size, rank)
+            self.train_sampler.epoch, self.train_sampler.batches_done = self._packed_position(self._consumed_to_restore)
+        else:
+            if isinstance(self._consumed_to_restore, tuple):
+                raise ValueError("the checkpoint planned packed rows (data.pack_lookahead), this run does not: "
+                                 "resume with the checkpoint's data.pack_* settings")
+            self.train_sampler = ResumableShuffleSampler(len(dataset), self.seed, num_replicas=world_size, rank=rank)
+            self.train_sampler.consumed = self._consumed_to_restore
         return self._loader(self.train_split, self.train_sampler)
+
+    def _packed_position(self, restored: int | tuple[int, int]) -> tuple[int, int]:
+        if isinstance(restored, int):
+            if restored:
+                raise ValueError("the checkpoint's data position counts samples of unplanned batches, this run plans "
+                                 "packed rows (data.pack_lookahead): resume with the checkpoint's data settings")
+            return 0, 0
+        saved, now = self._restored_packing, self._packing()
+        changed = [f"{k}: {saved.get(k)} -> {now[k]}" for k in now if saved.get(k) != now[k]]
+        if changed:
+            raise ValueError(f"the checkpoint planned packed rows with other settings ({', '.join(changed)}); "
+                             "resume with the checkpoint's data.pack_* settings and number of devices")
+        return restored
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_split) if self.val_split else []
@@ -238,22 +275,41 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         # Called once per batch the loop really uses (after any prefetch), so this count is exact.
         if self.trainer is not None and self.trainer.training and self.train_sampler is not None:
-            # Every rank draws the same number of samples per step, so the global count is exact too.
-            drawn = len(batch["ids"]) + batch.get("skipped", 0)
-            self.train_sampler.consumed += drawn * self.train_sampler.num_replicas
+            if isinstance(self.train_sampler, PackedBatchSampler):
+                self.train_sampler.batches_done += 1  # every rank trains one batch of each planned global batch
+            else:
+                # Every rank draws the same number of samples per step, so the global count is exact too.
+                drawn = len(batch["ids"]) + batch.get("skipped", 0)
+                self.train_sampler.consumed += drawn * self.train_sampler.num_replicas
             self._count_skipped(batch)
         return batch
 
+    def _packing(self) -> dict[str, Any]:
+        """What a planned-packing position depends on: a resume must plan the same rows."""
+        return {"pack_length": self.pack_length, "pack_rows": self.pack_rows, "pack_lookahead": self.pack_lookahead,
+                "world_size": self.train_sampler.num_replicas}
+
     def state_dict(self) -> dict[str, Any]:
-        consumed = self.train_sampler.consumed if self.train_sampler is not None else self._consumed_to_restore
-        return {"train_samples_consumed": consumed, "seed": self.seed, "skipped_total": self.skipped_total,
-                "empty_batches_total": self.empty_batches_total}
+        state = {"seed": self.seed, "skipped_total": self.skipped_total, "empty_batches_total": self.empty_batches_total}
+        sampler = self.train_sampler
+        if isinstance(sampler, PackedBatchSampler):
+            return {**state, "train_packed_position": [sampler.epoch, sampler.batches_done], "packing": self._packing()}
+        if isinstance(self._consumed_to_restore, tuple):  # restored, not trained yet: keep what was restored
+            return {**state, "train_packed_position": list(self._consumed_to_restore), "packing": self._restored_packing}
+        consumed = sampler.consumed if sampler is not None else self._consumed_to_restore
+        return {**state, "train_samples_consumed": consumed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(f"checkpoint was trained with data seed {state['seed']}, this run uses {self.seed}")
-        self._consumed_to_restore = state["train_samples_consumed"]
+        if "train_packed_position" in state:
+            self._consumed_to_restore = tuple(state["train_packed_position"])
+            self._restored_packing = dict(state["packing"])
+        else:
+            self._consumed_to_restore = state["train_samples_consumed"]
         self.skipped_total = state.get("skipped_total", 0)
         self.empty_batches_total = state.get("empty_batches_total", 0)
-        if self.train_sampler is not None:
+        if isinstance(self.train_sampler, PackedBatchSampler):
+            self.train_sampler.epoch, self.train_sampler.batches_done = self._packed_position(self._consumed_to_restore)
+        elif self.train_sampler is not None:
             self.train_sampler.consumed = self._consumed_to_restore

@@ -120,6 +120,19 @@ class SampleProcessor:
             "pixel_values": pixels,
         }
 
+    def sample_length(self, record: dict[str, Any]) -> int:
+        """Tokens of the record's training sample, from its text alone (no image is read); 0 for a record that
+        processing will skip (packing plans with this, so it must equal ``len(self(record)["input_ids"])``)."""
+        if self.max_tiles or self.dicom.frames == "all":
+            raise ValueError("an image's token count depends on its pixels with max_tiles or dicom.frames=all; "
+                             "planned packing cannot know it in advance: set data.pack_lookahead=0 "
+                             "(packing within each batch)")
+        try:
+            return len(self.formatter.tokenize(str(record.get("id", "<no id>")), record["conversations"],
+                                               len(record_images(record))).input_ids)
+        except ConversationError:
+            return 0
+
     def process(self, record: dict[str, Any], strict: bool = False) -> dict[str, Any]:
         """A training sample; a bad record raises when ``strict``, else comes back as ``{"id", "skipped"}``."""
         try:
