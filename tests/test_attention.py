@@ -143,3 +143,48 @@ def test_tiny_gpt_oss_logits_flex_equal_eager(tmp_path):
             if name == "padded":   # padded positions' outputs are meaningless in both
                 reference, logits = reference[1, :200], logits[1, :200]
             torch.testing.assert_close(logits, reference, atol=1e-4, rtol=0, msg=name)
+
+
+def test_eager_packed_equals_eager_in_logits_gradients_and_generation(tmp_path):
+    """Per-sample eager attention (models/document_attention.py) on the whole tiny GPT-oss: packed rows give
+    eager's logits and gradients (sinks included), plain/padded batches and cached generation are eager's own."""
+    import hydra
+
+    from medgpt_oss.models.document_attention import EAGER_PACKED, SampleSpans
+    from tests.conftest import compose_train
+
+    def build(impl: str):
+        cfg = compose_train(["+stage=instruct", "scale=tiny", f"llm.attn_implementation={impl}"], tmp_path)
+        return hydra.utils.instantiate(cfg.llm)
+
+    eager, packed = build("eager"), build(EAGER_PACKED)
+    positions = packed_positions()
+    spans = SampleSpans.from_positions(positions)
+    assert spans.spans == (((0, 90), (90, 220), (220, 300)), ((0, 300),))
+    ids = torch.randint(0, 300, (BATCH, LENGTH), generator=torch.Generator().manual_seed(2))
+    labels = ids.clone()
+    for model in (eager, packed):
+        model.train()  # the gradients are what training uses
+    results = {}
+    for name, model in (("eager", eager), ("packed", packed)):
+        out = model(inputs_embeds=model.embed(ids), position_ids=positions, labels=labels, use_cache=False)
+        out.loss.backward()
+        results[name] = (out.loss.detach(), {n: p.grad.clone() for n, p in model.model.named_parameters()
+                                             if p.grad is not None})
+    torch.testing.assert_close(results["packed"][0], results["eager"][0], atol=1e-5, rtol=0)
+    sinks = [n for n in results["eager"][1] if n.endswith("sinks")]
+    assert sinks and set(results["packed"][1]) == set(results["eager"][1])
+    for n, grad in results["eager"][1].items():
+        torch.testing.assert_close(results["packed"][1][n], grad, atol=1e-5, rtol=1e-4, msg=n)
+    # without packing (no position restarts, padding, a KV cache) it is eager itself
+    padding = torch.ones(BATCH, 40, dtype=torch.long)
+    padding[1, 30:] = 0
+    with torch.no_grad():
+        for model in (eager, packed):
+            model.eval()
+        torch.testing.assert_close(packed.model(input_ids=ids[:, :40], attention_mask=padding).logits[1, :30],
+                                   eager.model(input_ids=ids[:, :40], attention_mask=padding).logits[1, :30],
+                                   atol=1e-5, rtol=0)
+        prompt = ids[:1, :12]
+        assert torch.equal(packed.model.generate(prompt, max_new_tokens=8, do_sample=False),
+                           eager.model.generate(prompt, max_new_tokens=8, do_sample=False))

@@ -31,6 +31,6 @@ def test_bench_tiny_prints_figures_for_ours_and_baseline():
         assert side["flops_per_token"] == 6 * side["active_params"]
         assert side["tok_s"] == pytest.approx(256 / side["step_s"])
     assert ours["active_params"] == baseline["active_params"], "both sides must run the same LLM shape"
-    assert ours["attn_implementation"] == "eager" and ours["loss_chunk_size"] == 1024   # CPU: no flex backward
+    assert ours["attn_implementation"] == "eager_packed" and ours["loss_chunk_size"] == 1024  # CPU: no flex backward
     assert baseline["loss_chunk_size"] is None
     assert report["speedup"] == pytest.approx(ours["tok_s"] / baseline["tok_s"])

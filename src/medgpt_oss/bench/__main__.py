@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medgpt_oss.config import CONF_DIR, model_config
+from medgpt_oss.models.document_attention import EAGER_PACKED
 
 GIB = 2**30
 
@@ -223,7 +224,7 @@ def free(device: torch.device) -> None:
 def bench(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     dtype = getattr(torch, cfg.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    attn = cfg.ours_attn_implementation or ("flex" if device.type == "cuda" else "eager")
+    attn = cfg.ours_attn_implementation or ("flex" if device.type == "cuda" else EAGER_PACKED)
     peak_tflops = cfg.peak_tflops or (807.0 if device.type == "cuda" else matmul_tflops(device, dtype))
     with open_dict(cfg):
         if cfg.scale == "full":   # the real shapes through the groups' random-init ("tiny") path

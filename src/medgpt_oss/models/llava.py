@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from medgpt_oss.harmony import IMAGE_TOKEN, STOP_TOKENS  # GPT-oss's generation_config stops at these too
+from medgpt_oss.models.attention import FLEX
+from medgpt_oss.models.document_attention import EAGER_PACKED
 
 # MedVLM state-dict prefix -> LlavaForConditionalGeneration's (transformers 5 module layout).
 KEY_MAP = (
@@ -69,7 +71,10 @@ def llava_config(vlm: Any):
     encoder, llm_model = vlm.encoder, vlm.llm.model
     vision = encoder.model.config.to_dict()
     text = llm_model.config.to_dict()
-    text["_attn_implementation"] = llm_model.config._attn_implementation
+    # Our registered kernels (flex, eager_packed) exist only where medgpt_oss is imported; a native export is
+    # read by transformers alone, so it names the reference attention they reproduce.
+    attention = llm_model.config._attn_implementation
+    text["_attn_implementation"] = "eager" if attention in (FLEX, EAGER_PACKED) else attention
     text["architectures"] = [type(llm_model).__name__]  # servers resolve the text model's class from this
     tokenizer = vlm.tokenizer
     config = LlavaConfig(

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from medgpt_oss.models.attention import FLEX, packed_block_masks  # importing registers attn_implementation="flex"
+from medgpt_oss.models.document_attention import EAGER_PACKED, SampleSpans  # registers "eager_packed"
 from medgpt_oss.models.hub import check_scale, resolve_pretrained
 from medgpt_oss.models.loss import chunked_cross_entropy
 from medgpt_oss.models.recompute import apply_activation_checkpointing, compile_layers
@@ -207,6 +208,10 @@ class LanguageModel(nn.Module):
         config = self.model.config
         if config._attn_implementation == FLEX:  # one BlockMask per attention type, document mask inside
             return packed_block_masks(config, position_ids)
+        if config._attn_implementation == EAGER_PACKED:  # each sample's own span: no cross-sample scores
+            windows = {"full_attention": None, "sliding_attention": getattr(config, "sliding_window", None)}
+            return {kind: SampleSpans.from_positions(position_ids, windows[kind])
+                    for kind in set(getattr(config, "layer_types", None) or ["full_attention"])}
         builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
         layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
         # Given position_ids and no 2D mask, the builders find the samples themselves and index them by
