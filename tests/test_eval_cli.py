@@ -59,7 +59,8 @@ def test_predictions_file_is_scored_without_a_model(tmp_path):
     out = tmp_path / "run"
     summary = evaluate(cfg, out)["vqa_rad"]
     assert summary["accuracy"] == 0.5 and (summary["n_scored"], summary["n_items"]) == (4, 4)
-    assert summary["by_type"]["closed"] == {"accuracy": 0.5, "n": 2}
+    assert {k: summary["by_type"]["closed"][k] for k in ("accuracy", "n")} == {"accuracy": 0.5, "n": 2}
+    assert summary["accuracy_ci95"] == [0.0, 1.0] and summary["by_type"]["closed"]["accuracy_ci95"] == [0.0, 1.0]
     assert summary["unparsed"] == 1 and summary["n_missing_predictions"] == 1
     rows = [json.loads(x) for x in open(out / "vqa_rad/predictions.jsonl")]
     assert [r["correct"] for r in rows] == [True, False, True, False]
@@ -181,6 +182,13 @@ def test_checkpoint_evaluation_end_to_end(tiny_ckpt, medsynth_dir, tmp_path):
     assert meta["ckpt"] == str(tiny_ckpt.resolve())
     # the run's prompts are MedSynth's own turns, recorded as the benchmark's override
     assert json.loads((tmp_path / "run/prompts.json").read_text())["medsynth"]["closed"] == "{question}"
+    # every accuracy has its 95% interval, and the run compared with itself differs by exactly 0
+    low, high = summary["accuracy_ci95"]
+    assert low <= summary["accuracy"] <= high
+    from medgpt_oss.compare import compare_runs
+
+    same = compare_runs(tmp_path / "run", tmp_path / "run")["benchmarks"]["medsynth"]["metrics"]
+    assert same["accuracy"]["diff"] == 0 and same["accuracy"]["diff_ci95"] == [0.0, 0.0]
 
 
 def test_chat_answers_about_png_and_dicom(tiny_ckpt, tmp_path, capsys):

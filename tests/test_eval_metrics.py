@@ -41,10 +41,12 @@ def test_cider_d_matches_pycocoevalcap():
 
 
 def test_report_metrics_has_every_score():
-    scores = report_metrics(PREDS, REFS)
+    scores = report_metrics(PREDS, REFS, {"meteor": False})
     assert set(scores) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d",
-                           "chexpert_micro_f1", "chexpert_macro_f1"}
-    perfect = report_metrics(REFS, REFS)
+                           "chexpert_micro_f1", "chexpert_macro_f1", "report_metrics_convention",
+                           "unavailable_metrics"}  # METEOR switched off: said so
+    assert set(report_metrics(PREDS, REFS, {"convention": "plain"})) == set(scores) - {"unavailable_metrics"}
+    perfect = report_metrics(REFS, REFS, {"meteor": False})
     assert perfect["bleu_4"] == pytest.approx(1.0) and perfect["rouge_l"] == pytest.approx(1.0)
     assert perfect["chexpert_micro_f1"] == 1.0
 

@@ -9,6 +9,8 @@
 The run folder gets, per benchmark, ``<name>/predictions.jsonl`` (one line per
 item: id, prompt, output, extracted, gold, correct, scores), plus
 ``summary.json``, ``results.md``, ``config.yaml``, ``prompts.json`` and ``meta.json``.
+Metrics get 95% bootstrap intervals (``bootstrap.resamples``, ``bootstrap.seed``; ``<metric>_ci95``);
+two run folders are compared item by item with ``python -m medgpt_oss.compare <runA> <runB>``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ def _check_shared_run_dir(world: int) -> None:
             raise ValueError("a sharded run (world_size > 1) needs hydra.run.dir=<one folder shared by all ranks>")
 
 
+def _bootstrap(cfg: DictConfig) -> dict[str, int]:
+    """{resamples, seed} of the 95% intervals; resamples 0 turns them off."""
+    conf = cfg.get("bootstrap") or {}
+    resamples, seed = int(conf.get("resamples", 1000)), int(conf.get("seed", 0))
+    if resamples < 0:
+        raise ValueError(f"bootstrap.resamples={resamples} must be >= 0 (0: no intervals)")
+    return {"resamples": resamples, "seed": seed}
+
+
 def build_answerer(cfg: DictConfig, root: str):
     from medgpt_oss.eval.generation import Generator, load_vlm, resolve_device, training_image_options
     from medgpt_oss.eval.runner import ModelAnswerer
@@ -74,6 +85,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     from medgpt_oss.eval.runner import RunOptions, finish, merge_shards, read_predictions, run_benchmark
 
     benchmarks = chosen_benchmarks(cfg)
+    bootstrap = _bootstrap(cfg)
     rank, world = _shard(cfg)
     _check_shared_run_dir(world)
     if cfg.ckpt is None and cfg.predictions is None and not cfg.merge_only:
@@ -102,19 +114,22 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     for name, benchmark in instances.items():
         if cfg.merge_only:
             if rank == 0:
-                summaries[name] = finish(benchmark, out_dir / name, merge_shards(out_dir / name, world, 0))
+                summaries[name] = finish(benchmark, out_dir / name, merge_shards(out_dir / name, world, 0),
+                                        bootstrap)
             continue
         if predictions is None:
             if generator is None:
                 generator, answerer = build_answerer(cfg, benchmark.root)
             generator.processor.root = Path(benchmark.root)  # images resolve against each benchmark's root
         opts = RunOptions(out_dir=out_dir, prompts=prompts, rank=rank, world_size=world, batch_size=cfg.batch_size,
-                          limit=cfg.limit, wait_s=cfg.shard.wait_s)
+                          limit=cfg.limit, wait_s=cfg.shard.wait_s, bootstrap=bootstrap)
         summary = run_benchmark(benchmark, opts, answer=answerer, predictions=predictions, items=items.get(name))
         if summary is not None:
             summaries[name] = summary
+            ci = summary.get("accuracy_ci95")
             print(f"[{name}] scored {summary['n_scored']} of {summary['n_items']} items"
-                  + (f", accuracy {100 * summary['accuracy']:.2f}%" if summary.get("accuracy") is not None else ""))
+                  + (f", accuracy {100 * summary['accuracy']:.2f}%" if summary.get("accuracy") is not None else "")
+                  + (f" (95% CI {100 * ci[0]:.2f}-{100 * ci[1]:.2f})" if ci else ""))
     if rank != 0:
         return None
     resolved = {k: str(Path(cfg[k]).resolve()) if cfg[k] else None for k in ("ckpt", "predictions")}
@@ -125,6 +140,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
               f"ids not written as strings, {predictions_check['duplicate_ids']['count']} repeated")
     meta = {**resolved, "world_size": world, "seconds": round(time.time() - start, 1),
             **({"predictions_check": predictions_check} if predictions_check is not None else {}),
+            "bootstrap": {**bootstrap, "level": 0.95, "method": "percentile bootstrap over items"},
             "command": "python -m medgpt_oss.evaluate " + " ".join(sys.argv[1:]), "prompt_templates": "prompts.json", "config": "config.yaml"}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     write_results(out_dir, summaries, meta)

@@ -1,11 +1,17 @@
 """Metrics: accuracy summaries over scored rows, and lexical report-generation metrics.
 
-Report metrics follow the R2Gen convention: lower-case, punctuation removed,
-whitespace tokens; BLEU-n is corpus BLEU (brevity penalty over the corpus) via
-torchmetrics; ROUGE-L is the mean sentence-level F-measure via torchmetrics;
-CIDEr-D follows coco-caption's ``cider_scorer`` (document frequencies from the
-references of the evaluated set, sigma 6, clipped counts, x10). Tests check
-BLEU against sacrebleu, ROUGE-L against rouge-score and CIDEr-D against
+Report benchmarks are scored by :func:`report_metrics` in one of two conventions
+(``report_metrics.convention``; :mod:`medgpt_oss.eval.report_metrics` has the details):
+
+- ``r2gen`` (default): the R2Gen-family papers' numbers -- R2Gen's report cleaning (sentence
+  periods kept as tokens), then pycocoevalcap's BLEU-1..4 ("closest" brevity penalty), ROUGE-L
+  (beta 1.2), CIDEr-D and METEOR (when Java and pycocoevalcap are there).
+- ``plain``: this module's functions below -- lower case, punctuation removed, whitespace tokens;
+  BLEU-n is corpus BLEU (brevity penalty over the corpus) via torchmetrics; ROUGE-L is the mean
+  sentence-level F1 via torchmetrics; CIDEr-D follows coco-caption's ``cider_scorer`` (document
+  frequencies from the references of the evaluated set, sigma 6, clipped counts, x10).
+
+Tests check BLEU against sacrebleu, ROUGE-L against rouge-score and both conventions against
 numbers produced by pycocoevalcap 1.2 on the same strings.
 """
 
@@ -14,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -78,11 +84,13 @@ def _ngrams(tokens: Sequence[str], n_max: int = 4) -> Counter:
 
 
 def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]] | Sequence[str],
-            sigma: float = 6.0) -> float:
-    """Corpus CIDEr-D (coco-caption): mean over items of 10 x mean_n similarity of tf-idf n-gram vectors."""
+            sigma: float = 6.0, tokenize: Callable[[str], list[str]] = report_tokens) -> float:
+    """Corpus CIDEr-D (coco-caption): mean over items of 10 x mean_n similarity of tf-idf n-gram vectors.
+
+    ``tokenize``: :func:`report_tokens` (plain convention) or ``str.split`` (pycocoevalcap on pre-cleaned text)."""
     refs = [[r] if isinstance(r, str) else list(r) for r in references]
-    pred_grams = [_ngrams(report_tokens(p)) for p in predictions]
-    ref_grams = [[_ngrams(report_tokens(r)) for r in rs] for rs in refs]
+    pred_grams = [_ngrams(tokenize(p)) for p in predictions]
+    ref_grams = [[_ngrams(tokenize(r)) for r in rs] for rs in refs]
     df: Counter = Counter()
     for grams in ref_grams:
         df.update(set(g for rg in grams for g in rg))
@@ -119,14 +127,11 @@ def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]] | Se
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def report_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Lexical + CheXpert-style clinical metrics of generated vs reference reports."""
-    from medgpt_oss.eval.chexpert import chexpert_f1
+def report_metrics(predictions: Sequence[str], references: Sequence[str],
+                   cfg: Mapping[str, Any] | None = None, clinical: Sequence[str] = ()) -> dict[str, Any]:
+    """Lexical metrics in ``cfg["convention"]`` (``r2gen`` unless set; ``cleaner``: ``iu_xray`` |
+    ``mimic_cxr``; ``meteor``: false to skip it), CheXpert-style F1, the model-based metrics named in
+    ``clinical``, and ``unavailable_metrics``: for every metric that did not run, why and what to install."""
+    from medgpt_oss.eval.report_metrics import report_summary
 
-    if not predictions:
-        return {}
-    out = bleu_scores(predictions, references)
-    out["rouge_l"] = rouge_l(predictions, references)
-    out["cider_d"] = cider_d(predictions, references)
-    out.update(chexpert_f1(predictions, references))
-    return out
+    return report_summary(predictions, references, cfg, clinical)

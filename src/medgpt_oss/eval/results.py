@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-REPORT_COLUMNS = (("bleu_1", "BLEU-1"), ("bleu_4", "BLEU-4"), ("rouge_l", "ROUGE-L"), ("cider_d", "CIDEr-D"),
+REPORT_COLUMNS = (("bleu_1", "BLEU-1"), ("bleu_4", "BLEU-4"), ("rouge_l", "ROUGE-L"), ("cider_d", "CIDEr-D"), ("meteor", "METEOR"),
                   ("chexpert_micro_f1", "CheXpert micro-F1"), ("chexpert_macro_f1", "CheXpert macro-F1"),
                   ("radgraph_f1", "RadGraph-F1"), ("ratescore", "RaTEScore"), ("inv_radcliq_v1", "1/RadCliQ-v1"))
 
@@ -17,11 +17,24 @@ def _fmt(value: Any, percent: bool = False) -> str:
     return f"{100 * value:.2f}" if percent else f"{value:.4f}"
 
 
+def _ci(interval: Any, percent: bool = False) -> str:
+    """A 95% interval as "low–high" ("–" when there is none)."""
+    if not interval:
+        return "–"
+    return f"{_fmt(interval[0], percent)}–{_fmt(interval[1], percent)}"
+
+
+def _with_ci(holder: dict[str, Any], key: str, percent: bool = False) -> str:
+    """The number, and its 95% interval in brackets when the summary has one."""
+    interval = holder.get(f"{key}_ci95")
+    return _fmt(holder.get(key), percent) + (f" [{_ci(interval, percent)}]" if interval else "")
+
+
 def _splits(summary: dict[str, Any]) -> str:
     parts = []
     for key, groups in summary.items():
         if key.startswith("by_") and len(groups) > 1:
-            parts += [f"{key[3:]}={name} {_fmt(g['accuracy'], True)} (n={g['n']})" for name, g in groups.items()]
+            parts += [f"{key[3:]}={name} {_with_ci(g, 'accuracy', True)} (n={g['n']})" for name, g in groups.items()]
     return "; ".join(parts)
 
 
@@ -30,20 +43,30 @@ def markdown_table(summaries: dict[str, dict[str, Any]]) -> str:
     reports = {k: v for k, v in summaries.items() if "bleu_1" in v}
     lines = []
     if qa:
-        lines += ["| benchmark | scored / items | accuracy (%) | unparsed | per split (%) |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {s['n_scored']} / {s['n_items']} | {_fmt(s['accuracy'], True)} | {s.get('unparsed', 0)} "
-                  f"| {_splits(s)} |" for name, s in qa.items()]
+        lines += ["| benchmark | scored / items | accuracy (%) | 95% CI | unparsed | per split (%) [95% CI] |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {s['n_scored']} / {s['n_items']} | {_fmt(s['accuracy'], True)} "
+                  f"| {_ci(s.get('accuracy_ci95'), True)} | {s.get('unparsed', 0)} | {_splits(s)} |"
+                  for name, s in qa.items()]
     if reports:
         lines += ["", "| benchmark | scored / items | " + " | ".join(t for _, t in REPORT_COLUMNS) + " |",
                   "|---|---|" + "---|" * len(REPORT_COLUMNS)]
         lines += [f"| {name} | {s['n_scored']} / {s['n_items']} | "
-                  + " | ".join(_fmt(s.get(k)) for k, _ in REPORT_COLUMNS) + " |" for name, s in reports.items()]
+                  + " | ".join(_with_ci(s, k) for k, _ in REPORT_COLUMNS) + " |" for name, s in reports.items()]
+        conventions = sorted({s["report_metrics_convention"] for s in reports.values() if "report_metrics_convention" in s})
+        if conventions:
+            lines += ["", f"Lexical metrics: {', '.join(conventions)} convention (docs/evaluation.md, Report metrics)"]
+        if any(f"{k}_ci95" in s for s in reports.values() for k, _ in REPORT_COLUMNS):
+            lines += ["", "[low–high]: 95% bootstrap interval over items (docs/evaluation.md says which "
+                      "metrics have one)"]
     notes = [f"- {name}: {metric} not computed: {why}" for name, s in summaries.items()
              for metric, why in (s.get("unavailable_metrics") or {}).items()]
     notes += [f"- {name}: {s['n_malformed']} malformed item(s), listed in {name}/predictions.jsonl"
               for name, s in summaries.items() if s.get("n_malformed")]
     notes += [f"- {name}: {s['n_missing_predictions']} item(s) had no prediction and count as wrong"
               for name, s in summaries.items() if s.get("n_missing_predictions")]
+    notes += [f"- {name}: no interval for {metric}: {why}" for name, s in summaries.items()
+              for metric, why in (s.get("ci95_skipped") or {}).items()]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 

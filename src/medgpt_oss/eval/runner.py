@@ -6,6 +6,10 @@ markers, merges the rows back into item order in ``predictions.jsonl`` and
 summarises. Ranks coordinate through files only (no process group), so the
 same code serves ``torchrun``, SLURM arrays and separate machines sharing a
 folder, and the merged result equals an unsharded run (tested).
+
+The summary gives each metric that the per-item rows can recompute a 95% bootstrap interval
+(``<metric>_ci95``, see :mod:`medgpt_oss.eval.bootstrap`); report rows keep their CheXpert labels
+(``chexpert``) so intervals and run comparisons need nothing but ``predictions.jsonl``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class RunOptions:
     likelihood: dict[str, Any] | None = None   # {"enabled": bool, "formats": {...}}
     wait_s: float = 3600.0
     progress: bool = True
+    bootstrap: dict[str, int] = field(default_factory=lambda: {"resamples": 1000, "seed": 0})  # resamples 0: off
 
 
 @dataclass
@@ -190,7 +195,11 @@ def score_shard(benchmark: Benchmark, items: list[tuple[int, EvalItem | Malforme
     return rows
 
 
-def summarize(benchmark: Benchmark, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(benchmark: Benchmark, rows: list[dict[str, Any]],
+              bootstrap: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Counts, the benchmark's metrics and (``bootstrap``: {resamples, seed}) their 95% intervals."""
+    from medgpt_oss.eval.bootstrap import add_intervals
+
     errors = [{"id": r["id"], "problem": r["error"]} for r in rows if r.get("error") is not None]
     scored = [r for r in rows if r.get("error") is None]
     summary = {
@@ -200,6 +209,8 @@ def summarize(benchmark: Benchmark, rows: list[dict[str, Any]]) -> dict[str, Any
         "n_missing_predictions": sum(1 for r in scored if r.get("missing_prediction")),
         **benchmark.summarize(scored),
     }
+    if bootstrap and int(bootstrap.get("resamples", 0)) > 0:
+        add_intervals(summary, scored, int(bootstrap["resamples"]), int(bootstrap.get("seed", 0)))
     if errors:
         summary["malformed"] = errors[:50]  # the full list is in predictions.jsonl
     return summary
@@ -254,10 +265,14 @@ def run_benchmark(benchmark: Benchmark, opts: RunOptions, answer: ModelAnswerer 
         if opts.rank != 0:
             return None
         rows = merge_shards(bench_dir, opts.world_size, opts.wait_s)
-    return finish(benchmark, bench_dir, rows)
+    return finish(benchmark, bench_dir, rows, opts.bootstrap)
 
 
-def finish(benchmark: Benchmark, bench_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write the merged per-item rows and return the benchmark's summary."""
+def finish(benchmark: Benchmark, bench_dir: Path, rows: list[dict[str, Any]],
+           bootstrap: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Write the merged per-item rows (report rows with their CheXpert labels) and return the summary."""
+    from medgpt_oss.eval.bootstrap import add_chexpert_labels
+
+    add_chexpert_labels(rows)
     _write_jsonl(bench_dir / "predictions.jsonl", rows)
-    return summarize(benchmark, rows)
+    return summarize(benchmark, rows, bootstrap)

@@ -9,7 +9,7 @@ scored by the same code, whether answers come from our model or a predictions fi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,11 +65,13 @@ class Benchmark(PublishedLayout):
     layout_error_class = BenchmarkLayoutError
 
     def __init__(self, root: str | Path, name: str | None = None, prompts: dict[str, str] | None = None,
-                 clinical_metrics: Sequence[str] | None = None) -> None:
+                 clinical_metrics: Sequence[str] | None = None,
+                 report_metrics: Mapping[str, Any] | None = None) -> None:
         self.root = Path(root).expanduser()
         self.name = name or type(self).__name__.lower()
         self.prompts = dict(prompts or {})
         self.clinical_metrics = list(clinical_metrics or [])
+        self.report_metrics = dict(report_metrics or {})  # convention (r2gen | plain), cleaner, meteor
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -135,13 +137,7 @@ class Benchmark(PublishedLayout):
         if reports:
             preds = [r.get("output") or "" for r in reports]
             refs = [r["gold"] for r in reports]
-            out.update(report_metrics(preds, refs))
+            # lexical (report_metrics.convention), CheXpert-style, clinical_metrics; one unavailable_metrics
+            out.update(report_metrics(preds, refs, self.report_metrics, self.clinical_metrics))
             out["n"] = len(reports)
-            if self.clinical_metrics:
-                from medgpt_oss.eval.clinical import clinical_metrics
-
-                scores, unavailable = clinical_metrics(preds, refs, self.clinical_metrics)
-                out.update(scores)
-                if unavailable:
-                    out["unavailable_metrics"] = unavailable
         return out
