@@ -175,3 +175,18 @@ def test_data_module_packs_planned_rows_and_resumes_them_from_its_state(medsynth
     unplanned.load_state_dict(state)
     with pytest.raises(ValueError, match="this run does not"):
         unplanned.train_dataloader()
+
+
+def test_a_sample_longer_than_the_row_is_named_before_training(medsynth_dir):
+    spec = tiny_vlm().input_spec()
+    module = _module(medsynth_dir / "medsynth", spec, tasks=["series_report"], pack_length=600)
+    with pytest.raises(ValueError, match=r"longer than data.pack_length=600, e.g. record 'medsynth-train-\d+-series"):
+        module.train_dataloader()
+    # with max_length at the row length, the long ones are skipped (length 0 in the plan) and counted in training
+    module = _module(medsynth_dir / "medsynth", spec, tasks=["series_report", "caption"], pack_length=600,
+                     max_length=600)
+    batches = list(module.train_dataloader())
+    assert max(b["input_ids"].shape[1] for b in batches) <= 600
+    skipped = module.datasets["train"].lengths().count(0)
+    assert skipped > 0 and sum(b["skipped"] for b in batches) == skipped
+    assert all("exceed max_length=600" in reason for b in batches for reason in b["skipped_reasons"])

@@ -1,13 +1,15 @@
 """How much of each packed row is real tokens on MedSynth's stage mixes, per row length.
 
-    python -m medgpt_oss.bench.packing [--pack-lengths 2048 8192] [--lookahead 1024] [--tokens-per-image 64]
+    python -m medgpt_oss.bench.packing [--pack-lengths 2048 8192] [--lookahead 1024] [--tokens-per-image 64] \
+        [--figure experiments/packing_fill.png]
 
 Counts only (no image is decoded): every record of the stage's task mix is tokenized exactly as
 training does (``SampleProcessor.sample_length``), ordered as the training sampler's first pass,
 and laid out three ways: padded batches of ``--batch-size`` samples (longest sample per batch),
 first-fit packing within each such batch (``data.pack_lookahead=0``), and rows planned over a
 lookahead window (``PackedBatchSampler``, the default). Useful fraction = real tokens / (rows x
-row length), so a row's unused tail counts as padding. The last line is JSON.
+row length), so a row's unused tail counts as padding. ``--figure`` draws the three side by side
+per stage mix and row length (PNG). The last line is JSON.
 """
 
 from __future__ import annotations
@@ -52,6 +54,36 @@ def planned_fill(lengths: list[int], pack_length: int, lookahead: int) -> float:
     return sum(lengths[i] for row in rows for i in row) / (len(rows) * pack_length)
 
 
+LAYOUTS = (("useful_fraction_padded", "padded batches"), ("useful_fraction_batch_packed", "packed per batch"),
+           ("useful_fraction_packed", "planned over the lookahead"))
+
+
+def draw(results: dict[str, dict], pack_lengths: list[int], lookahead: int, tokens_per_image: int, path: Path) -> None:
+    """Grouped bars: useful fraction of each layout, per stage mix and row length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(stage, n) for stage in ("longctx", "instruct") for n in pack_lengths]
+    fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 2, 3.6))
+    width = 0.8 / len(LAYOUTS)
+    for k, (key, label) in enumerate(LAYOUTS):
+        values = [100 * results[stage][str(n)][key] for stage, n in groups]
+        bars = ax.bar([g + (k - 1) * width for g in range(len(groups))], values, width, label=label)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.axhline(95, color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(range(len(groups)), [f"{stage}\n{n:,} tokens" for stage, n in groups])
+    ax.set_ylabel("real tokens per row (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"MedSynth packing fill ({tokens_per_image} tokens per image, lookahead {lookahead})")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(LAYOUTS), fontsize=8, frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("data/medsynth"))
@@ -59,6 +91,7 @@ def main() -> None:
     parser.add_argument("--pack-lengths", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--lookahead", type=int, default=1024)
     parser.add_argument("--tokens-per-image", type=int, default=64, help="64: mlp2x_gelu at tiny scale; 16: pixel_shuffle")
+    parser.add_argument("--figure", type=Path, default=None, help="write the fills as a bar chart (PNG) here")
     args = parser.parse_args()
     ensure_medsynth(args.root)
     spec = ModelInputSpec(load_tokenizer(), IMAGE_TOKEN, args.tokens_per_image, 64, (0.5,) * 3, (0.5,) * 3)
@@ -84,6 +117,8 @@ def main() -> None:
                   f"mean={sum(lengths) / len(lengths):.0f} max={max(lengths)} tokens; useful: padded "
                   f"{fills['useful_fraction_padded']:.1%}, packed per batch {fills['useful_fraction_batch_packed']:.1%}, "
                   f"planned (lookahead {args.lookahead}) {fills['useful_fraction_packed']:.1%}")
+    if args.figure is not None:
+        draw(results, args.pack_lengths, args.lookahead, args.tokens_per_image, args.figure)
     print(json.dumps({"batch_size": args.batch_size, "lookahead": args.lookahead,
                       "tokens_per_image": args.tokens_per_image, **results}))
 

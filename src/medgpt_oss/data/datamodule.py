@@ -243,7 +243,13 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
             world_size, rank = self.trainer.world_size, self.trainer.global_rank
         dataset = self.datasets[self.train_split]
         if self.pack_lookahead:
-            self.train_sampler = PackedBatchSampler(dataset.lengths(), self.seed, self.pack_length, self.pack_rows,
+            lengths = dataset.lengths()
+            too_long = [(dataset.records[i]["id"], n) for i, n in enumerate(lengths) if n > self.pack_length]
+            if too_long:
+                raise ValueError(f"{len(too_long)} samples are longer than data.pack_length={self.pack_length}, e.g. "
+                                 f"record '{too_long[0][0]}' ({too_long[0][1]} tokens): raise data.pack_length or set "
+                                 f"data.max_length <= pack_length (longer samples are then skipped and counted)")
+            self.train_sampler = PackedBatchSampler(lengths, self.seed, self.pack_length, self.pack_rows,
                                                     self.pack_lookahead, world_size, rank)
             self.train_sampler.epoch, self.train_sampler.batches_done = self._packed_position(self._consumed_to_restore)
         else:
