@@ -280,6 +280,7 @@ def test_a_folder_written_by_prepare_trains_the_instruct_stage(medsynth_dir, tin
     prepare(VQARAD(write_vqa_rad(tmp_path / "src")), out, HarmonyFormatter(tiny_tokenizer, IMAGE_TOKEN, 16))
     cfg = compose_train(["+stage=instruct", "scale=tiny", "trainer.accelerator=cpu", "logger=csv", "data=prepared",
                          f"data.root={out}", "data.val_split=null", "data.batch_size=1", "trainer.max_steps=6",
+                         "data.pack_length=null",  # one sample a batch: 6 steps are two passes over the 3 records
                          "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
                          "trainer.enable_model_summary=false"], tmp_path / "run", medsynth_dir)
     with open_dict(cfg):
@@ -288,3 +289,32 @@ def test_a_folder_written_by_prepare_trains_the_instruct_stage(medsynth_dir, tin
     ids = [i for batch in next(c for c in trainer.callbacks if isinstance(c, RecordIds)).ids for i in batch]
     assert sorted(ids[:3]) == sorted(ids[3:]) == ["vqa_rad-1", "vqa_rad-2", "vqa_rad-3"]
     assert trainer.global_step == 6 and torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_planned_packing_streams_full_rows_and_resumes_to_the_same_rows(prepared, second_source, tiny_tokenizer,
+                                                                        num_workers):
+    sources = [(prepared, 0.7), (second_source, 0.3)]
+    settings = dict(tasks=["caption", "closed", "report"], pack_length=1024, pack_lookahead=64, pack_rows=2,
+                    num_workers=num_workers)
+    straight = module(tiny_tokenizer, sources, **settings)
+    loader = iter(straight.train_dataloader())
+    batches = [next(loader) for _ in range(6)]
+    del loader
+    for batch in batches:
+        assert batch["input_ids"].shape[0] == 2
+        real = int((batch["input_ids"] != tiny_tokenizer.pad_token_id).sum())
+        assert real > 0.9 * 2 * 1024  # rows planned over the window are full
+    first = module(tiny_tokenizer, sources, **settings)
+    assert take(first, 3) == [b["ids"] for b in batches[:3]]
+    resumed = module(tiny_tokenizer, sources, **settings)
+    resumed.load_state_dict(first.state_dict())
+    loader = iter(resumed.train_dataloader())
+    for want in batches[3:]:
+        got = next(loader)
+        assert got["ids"] == want["ids"] and torch.equal(got["input_ids"], want["input_ids"])
+        assert torch.equal(got["pixel_values"], want["pixel_values"])
+    other = module(tiny_tokenizer, sources, **{**settings, "pack_rows": 3})
+    other.load_state_dict(first.state_dict())
+    with pytest.raises(ValueError, match=r"pack_rows: checkpoint 2, now 3"):
+        other.train_dataloader()

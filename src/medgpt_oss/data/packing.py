@@ -83,6 +83,60 @@ def pack(samples: list[dict[str, Any]], pack_length: int, pad_id: int) -> dict[s
     }
 
 
+class RowPlanner:
+    """Rows planned online over a window of waiting samples (see :func:`plan_window`).
+
+    Samples are added in stream order (``add`` returns each one's stream position) while ``wants_more``;
+    ``next_row`` takes the oldest waiting sample, then, while anything fits, the longest waiting sample
+    that fits the room left (the oldest among equals). Depends on the lengths alone.
+    """
+
+    def __init__(self, pack_length: int, lookahead: int) -> None:
+        if lookahead < 1:
+            raise ValueError(f"pack lookahead must be >= 1 sample, got {lookahead}")
+        self.pack_length, self.lookahead = pack_length, lookahead
+        self.lengths: dict[int, int] = {}  # waiting position -> length
+        self.by_length: list[tuple[int, int]] = []  # (length, -position), sorted: the best fit is one bisect away
+        self.arrival: deque[int] = deque()  # waiting positions, oldest first (taken ones removed lazily)
+        self.added = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self.lengths)
+
+    def wants_more(self) -> bool:
+        return self.waiting < self.lookahead
+
+    def add(self, length: int) -> int:
+        if length > self.pack_length:
+            raise ValueError(f"sample {self.added} of the stream has {length} tokens, more than "
+                             f"pack_length={self.pack_length}; raise data.pack_length or lower data.max_length")
+        position, self.added = self.added, self.added + 1
+        self.lengths[position] = length
+        bisect.insort(self.by_length, (length, -position))
+        self.arrival.append(position)
+        return position
+
+    def _take(self, position: int) -> int:
+        length = self.lengths.pop(position)
+        del self.by_length[bisect.bisect_left(self.by_length, (length, -position))]
+        return length
+
+    def next_row(self) -> list[int]:
+        while self.arrival[0] not in self.lengths:
+            self.arrival.popleft()
+        first = self.arrival.popleft()
+        row, room = [first], self.pack_length - self._take(first)
+        while self.by_length:
+            fit = bisect.bisect_right(self.by_length, (room, 0)) - 1  # longest with length <= room, oldest of equals
+            if fit < 0:
+                break
+            position = -self.by_length[fit][1]
+            room -= self._take(position)
+            row.append(position)
+        return row
+
+
 def plan_window(lengths: Sequence[int], pack_length: int, lookahead: int) -> list[list[int]]:
     """Rows over a stream of sample lengths, each row filled from a window of the next ``lookahead`` samples.
 
@@ -92,41 +146,14 @@ def plan_window(lengths: Sequence[int], pack_length: int, lookahead: int) -> lis
     their first sample; the plan depends on nothing but the lengths, so it can be recomputed on resume.
     Zero-length samples (records that will be skipped) ride along without taking room.
     """
-    if lookahead < 1:
-        raise ValueError(f"pack lookahead must be >= 1 sample, got {lookahead}")
-    by_length: list[tuple[int, int]] = []  # (length, -position), sorted: the best fit is one bisect away
-    arrival: deque[int] = deque()  # waiting positions, oldest first (taken ones removed lazily)
-    waiting: set[int] = set()
-    rows: list[list[int]] = []
-    next_in = 0
-
-    def take(position: int) -> None:
-        waiting.discard(position)
-        del by_length[bisect.bisect_left(by_length, (lengths[position], -position))]
-
-    while next_in < len(lengths) or waiting:
-        while next_in < len(lengths) and len(waiting) < lookahead:
-            if lengths[next_in] > pack_length:
-                raise ValueError(f"sample {next_in} of the stream has {lengths[next_in]} tokens, more than "
-                                 f"pack_length={pack_length}; raise data.pack_length or lower data.max_length")
-            bisect.insort(by_length, (lengths[next_in], -next_in))
-            arrival.append(next_in)
-            waiting.add(next_in)
-            next_in += 1
-        while arrival[0] not in waiting:
-            arrival.popleft()
-        first = arrival.popleft()
-        take(first)
-        row, room = [first], pack_length - lengths[first]
-        while by_length:
-            fit = bisect.bisect_right(by_length, (room, 0)) - 1  # longest with length <= room, oldest of equals
-            if fit < 0:
-                break
-            position = -by_length[fit][1]
-            take(position)
-            row.append(position)
-            room -= lengths[position]
-        rows.append(row)
+    planner, rows = RowPlanner(pack_length, lookahead), []
+    stream = iter(lengths)
+    for length in stream:
+        planner.add(length)
+        while not planner.wants_more():
+            rows.append(planner.next_row())
+    while planner.waiting:
+        rows.append(planner.next_row())
     return rows
 
 

@@ -20,7 +20,8 @@ from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
 from medgpt_oss.data.streaming import FiniteConversations, StreamingConversations
 
 # What decides the stream: a checkpoint's position only means something if these are unchanged.
-STREAM_KEYS = ("seed", "world_size", "num_workers", "batch_size", "sources", "tasks", "shuffle_buffer")
+STREAM_KEYS = ("seed", "world_size", "num_workers", "batch_size", "sources", "tasks", "shuffle_buffer", "pack_length",
+               "pack_lookahead", "pack_rows")
 
 
 class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
@@ -44,6 +45,8 @@ class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
         system_prompt: str | None = None,
         seed: int = 0,
         pack_length: int | None = None,
+        pack_lookahead: int | None = None,
+        pack_rows: int = 1,
         shuffle_buffer: int = 1024,
         strict: bool = False,
         max_tiles: int | None = None,
@@ -62,6 +65,10 @@ class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
         self.tasks = list(tasks) if tasks else None
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.pack_length, self.shuffle_buffer, self.strict = pack_length, shuffle_buffer, strict
+        # With pack_length: batches of pack_rows rows planned over pack_lookahead drawn records (0: batch_size
+        # records packed among themselves).
+        self.pack_lookahead = pack_lookahead if pack_length and pack_lookahead else None
+        self.pack_rows = pack_rows
         # Images come from the shards' bytes, so the root only names things in messages.
         # max_tiles: InternVL-style dynamic tiling; dicom: how embedded DICOM bytes render (as for data=medsynth).
         self.processor = SampleProcessor(input_spec, self.sources[0][0], system_prompt=system_prompt,
@@ -79,7 +86,8 @@ class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
         world_size, _ = self._world()
         return {"seed": self.seed, "world_size": world_size, "num_workers": self.num_workers,
                 "batch_size": self.batch_size, "sources": [list(s) for s in self.sources], "tasks": self.tasks,
-                "shuffle_buffer": self.shuffle_buffer}
+                "shuffle_buffer": self.shuffle_buffer, "pack_length": self.pack_length,
+                "pack_lookahead": self.pack_lookahead, "pack_rows": self.pack_rows}
 
     def train_dataloader(self) -> DataLoader:
         if self.trainer is not None and self.trainer.max_steps < 0:
@@ -91,7 +99,8 @@ class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
         self.train_dataset = StreamingConversations(
             self.sources, self.processor, self.batch_size, self.seed, split=self.train_split, tasks=self.tasks,
             shuffle_buffer=self.shuffle_buffer, strict=self.strict, pack_length=self.pack_length,
-            world_size=world_size, rank=rank, num_workers=self.num_workers)
+            world_size=world_size, rank=rank, num_workers=self.num_workers, pack_lookahead=self.pack_lookahead,
+            pack_rows=self.pack_rows)
         self.train_dataset.start_batches = self.batches_consumed
         # The dataset yields whole batches (batch_size=None); workers restart from the position on each iter.
         return DataLoader(self.train_dataset, batch_size=None, num_workers=self.num_workers)

@@ -31,7 +31,8 @@ checks it.
 
 from __future__ import annotations
 
-from collections import deque
+import json
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +41,12 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from medgpt_oss.data.packing import RowPlanner
 from medgpt_oss.data.shards import open_shard, read_manifest, read_row_group, row_to_record
 from medgpt_oss.data.processor import SampleProcessor
 
 _MIX_STREAM = 1_000_003  # keeps the source-picking generator apart from the shuffling ones
+_TEXT_UNITS = 256  # row groups whose text columns a packed replay keeps at hand
 
 
 @dataclass
@@ -198,7 +201,7 @@ class StreamingConversations(IterableDataset):
     def __init__(self, sources: Sequence[tuple[str | Path, float]], processor: SampleProcessor, batch_size: int,
                  seed: int, split: str = "train", tasks: Sequence[str] | None = None, shuffle_buffer: int = 1024,
                  strict: bool = False, pack_length: int | None = None, world_size: int = 1, rank: int = 0,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, pack_lookahead: int | None = None, pack_rows: int = 1) -> None:
         weights = np.asarray([float(w) for _, w in sources], dtype=np.float64)
         if not len(sources) or (weights <= 0).any():
             raise ValueError(f"need at least one source, each with a weight > 0; got {list(sources)}")
@@ -208,6 +211,10 @@ class StreamingConversations(IterableDataset):
         self.tasks = frozenset(tasks) if tasks else None
         self.shuffle_buffer, self.strict, self.pack_length = shuffle_buffer, strict, pack_length
         self.world_size, self.rank, self.num_workers = world_size, rank, num_workers
+        # pack_lookahead (with pack_length): each batch is pack_rows rows planned over a window of this many
+        # drawn records (RowPlanner), not batch_size records packed among themselves.
+        self.pack_lookahead = pack_lookahead if pack_length and pack_lookahead else None
+        self.pack_rows = pack_rows
         self.start_batches = 0  # batches this rank's loop consumed before (set on resume)
 
     def _worker(self) -> tuple[int, int]:
@@ -227,6 +234,10 @@ class StreamingConversations(IterableDataset):
         streams = [_SourceStream(index, s, worker, workers, self.seed, self.shuffle_buffer, self.tasks)
                    for s, index in enumerate(self.indexes)]
         mixer = _generator(self.seed, worker, _MIX_STREAM)
+        if self.pack_lookahead:
+            yield from self._planned_batches(streams, mixer, batches_produced(self.start_batches, local,
+                                                                              self.num_workers))
+            return
         # Resume: replay this worker's draws on references, without reading any image.
         skip = batches_produced(self.start_batches, local, self.num_workers) * self.batch_size
         picks = np.searchsorted(self.cdf, mixer.random(skip), side="right") if skip else np.zeros(0, int)
@@ -237,6 +248,59 @@ class StreamingConversations(IterableDataset):
             picks = np.searchsorted(self.cdf, mixer.random(self.batch_size), side="right")
             samples = [self.processor.process(next(streams[min(s, len(streams) - 1)]), strict=self.strict)
                        for s in picks]
+            yield self.processor.collate_kept(samples, self.pack_length)
+
+
+    def _planned_batches(self, streams: list[_SourceStream], mixer: np.random.Generator,
+                         replay: int) -> Iterator[dict[str, Any]]:
+        """Batches of ``pack_rows`` rows planned over a window of drawn records; the first ``replay`` batches
+        are planned on (unit, row) references, with lengths from the text columns alone, and not yielded."""
+        planner = RowPlanner(self.pack_length, self.pack_lookahead)
+        window: dict[int, tuple[int, Any]] = {}  # stream position -> (source, record or reference)
+        texts: OrderedDict[tuple[int, int], list[dict[str, Any]]] = OrderedDict()  # replay: units' text columns
+
+        def length(source: int, item: Any) -> int:
+            record = item
+            if not isinstance(item, dict):
+                unit, row = item
+                if (source, unit) not in texts:
+                    table = self.indexes[source]._read(unit, columns=["id", "conversations", "image_names"])
+                    texts[source, unit] = [{"id": r["id"], "conversations": json.loads(r["conversations"]),
+                                            "image": list(r["image_names"])} for r in table.to_pylist()]
+                    if len(texts) > _TEXT_UNITS:  # the shuffle buffer interleaves a few units at a time
+                        texts.popitem(last=False)
+                texts.move_to_end((source, unit))
+                record = texts[source, unit][row]
+            n = self.processor.sample_length(record)
+            if n > self.pack_length:
+                raise ValueError(f"record '{record['id']}' has {n} tokens, more than data.pack_length="
+                                 f"{self.pack_length}: raise data.pack_length or set data.max_length <= pack_length "
+                                 "(longer samples are then skipped and counted)")
+            return n
+
+        def next_rows() -> list[list[tuple[int, Any]]]:
+            rows = []
+            for _ in range(self.pack_rows):
+                while planner.wants_more():
+                    s = min(int(np.searchsorted(self.cdf, mixer.random(), side="right")), len(streams) - 1)
+                    item = next(streams[s])
+                    window[planner.add(length(s, item))] = (s, item)
+                rows.append([window.pop(p) for p in planner.next_row()])
+            return rows
+
+        for _ in range(replay):
+            next_rows()
+        for stream in streams:
+            stream.materialise()
+        refs: dict[tuple[int, int], list[int]] = {}
+        for s, item in window.values():
+            refs.setdefault((s, item[0]), []).append(item[1])
+        loaded = {(s, unit, row): record for (s, unit), rows in refs.items()
+                  for row, record in zip(rows, self.indexes[s].load(unit, rows))}
+        window = {p: (s, loaded[s, item[0], item[1]]) for p, (s, item) in window.items()}
+        while True:
+            samples = [{**self.processor.process(record, strict=self.strict), "row": r}
+                       for r, row in enumerate(next_rows()) for _, record in row]
             yield self.processor.collate_kept(samples, self.pack_length)
 
 
