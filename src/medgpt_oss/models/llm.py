@@ -19,6 +19,9 @@ from medgpt_oss.models.attention import FLEX, packed_block_masks  # importing re
 from medgpt_oss.models.document_attention import EAGER_PACKED, SampleSpans  # registers "eager_packed"
 from medgpt_oss.models.hub import check_scale, resolve_pretrained
 from medgpt_oss.models.loss import chunked_cross_entropy
+from medgpt_oss.models.quantize import (
+    NF4Embedding, QuantPlan, check_lora_quantize, load_quantized, quantize_model, require_cuda_bitsandbytes,
+)
 from medgpt_oss.models.recompute import apply_activation_checkpointing, compile_layers
 from medgpt_oss.harmony import IMAGE_TOKEN, ChatSettings, add_format_tokens
 from medgpt_oss.models.tokenizer import TINY_TOKENIZER_DIR
@@ -56,13 +59,24 @@ class LanguageModel(nn.Module):
         # and forward(labels=...) returns the loss without logits. None: the plain transformers loss.
         self.loss_chunk_size = loss_chunk_size
         self.pretrained_id = pretrained
+        self.lora_config = dict(lora) if lora else None
+        # QLoRA (lora.quantize): the combination and the machine are checked before anything is loaded.
+        quant_targets = check_lora_quantize(self.lora_config)
+        if quant_targets:
+            require_cuda_bitsandbytes()
+        self.quantization: QuantPlan | None = None  # what is stored in 4-bit (models/quantize.py)
         if check_scale(scale) == "full":
             path = resolve_pretrained(pretrained, "llm.pretrained")
             tok_path = resolve_pretrained(tokenizer, "llm.tokenizer") if tokenizer else path
             self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(tok_path)
-            self.model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=_dtype(dtype), attn_implementation=attn_implementation
-            )
+            if quant_targets:  # meta skeleton, checkpoint streamed into 4-bit on the GPU: never whole in bf16
+                self.model, self.quantization = load_quantized(
+                    path, quant_targets, _dtype(dtype) or torch.bfloat16,
+                    torch.device("cuda", torch.cuda.current_device()), attn_implementation)
+            else:
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    path, dtype=_dtype(dtype), attn_implementation=attn_implementation
+                )
         else:
             # Plain nested dicts: transformers' config fields (e.g. rope_parameters) reject DictConfig.
             tiny = OmegaConf.to_container(tiny, resolve=True) if isinstance(tiny, DictConfig) else dict(tiny or {})
@@ -76,9 +90,9 @@ class LanguageModel(nn.Module):
                 self.model = AutoModelForCausalLM.from_config(config)
         self._register_special_tokens(image_token)
         self.image_token = image_token
-        self.lora_config = dict(lora) if lora else None
-        if self.lora_config and self.lora_config.get("quantize"):
-            self._quantize(self.lora_config["quantize"])
+        if quant_targets and self.quantization is None:  # scale=tiny: built above, quantized on the GPU in place
+            self.model.to(torch.cuda.current_device())
+            self.quantization = quantize_model(self.model, quant_targets, dtype=_dtype(dtype))
         if self.lora_config:
             self._apply_lora(self.lora_config)
         # Speed/memory switches on the decoder layers (models/recompute.py); weight names do not change.
@@ -95,6 +109,9 @@ class LanguageModel(nn.Module):
         add_format_tokens(self.tokenizer, image_token)
         rows = self.model.get_input_embeddings().num_embeddings
         self.added_rows: int | None = None
+        if len(self.tokenizer) > rows and isinstance(self.model.get_input_embeddings(), NF4Embedding):
+            raise ValueError(f"the tokenizer needs {len(self.tokenizer) - rows} new embedding rows, which a 4-bit "
+                             "embedding cannot grow; drop 'embed' from lora.quantize_modules")
         if len(self.tokenizer) > rows:
             self._grow_embeddings(rows, len(self.tokenizer))
 
@@ -139,32 +156,6 @@ class LanguageModel(nn.Module):
                     raise ValueError(f"added embedding rows {tuple(rows.shape)} do not fit this model's "
                                      f"{tuple(matrix[self.added_rows:].shape)}; same llm and tokenizer needed")
                 matrix[self.added_rows:] = rows.to(matrix.dtype)
-
-    def _quantize(self, kind: str) -> None:
-        """QLoRA: reload the model's linear layers as bitsandbytes 4-bit (same loading path as real weights)."""
-        import tempfile
-
-        if kind != "nf4":
-            raise ValueError(f"lora.quantize must be 'nf4' or null, got {kind!r}")
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                "QLoRA (lora.quantize=nf4) needs a CUDA GPU: bitsandbytes runs its 4-bit NF4 kernels on CUDA. "
-                "On this machine use lora=r16 (LoRA on unquantized weights) instead."
-            )
-        try:
-            from transformers import BitsAndBytesConfig
-            import bitsandbytes  # noqa: F401
-        except ImportError as exc:
-            raise RuntimeError("QLoRA needs bitsandbytes: pip install 'medgpt-oss[qlora]'") from exc
-        from peft import prepare_model_for_kbit_training
-
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.model.save_pretrained(tmp)
-            self.model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quant, dtype=torch.bfloat16,
-                                                              device_map={"": torch.cuda.current_device()})
-        self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=False)
 
     def _apply_lora(self, cfg: dict[str, Any]) -> None:
         from peft import LoraConfig, get_peft_model
