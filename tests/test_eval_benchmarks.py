@@ -347,6 +347,40 @@ def test_medsynth_test_split(medsynth_dir):
     assert mcq.gold in mcq.options and "<image>" in mcq.question
 
 
+def test_medsynth_limit_per_task_and_finding_f1(medsynth_dir, tmp_path):
+    """What the demo's old separate path scored is in the harness: N items per task, and reports' finding F1
+    (with its interval, recomputed per item), per-task counts and unparseable answers."""
+    from medgpt_oss.eval.benchmarks.medsynth import finding_f1
+    from medgpt_oss.eval.runner import RunOptions, run_benchmark
+
+    bench = MedSynth(medsynth_dir / "medsynth", tasks=["closed", "mcq", "report"], limit_per_task=2,
+                     report_metrics={"meteor": False})
+    items = list(bench.items())
+    tasks = [i.groups["task"] for i in items]
+    assert sorted(tasks) == ["closed", "closed", "mcq", "mcq", "report", "report"]
+    reports = [i for i in items if i.kind == "report"]
+    closed = [i for i in items if i.kind == "closed"]
+    answers = {reports[0].id: reports[0].gold,                                    # every finding right
+               reports[1].id: "Findings: There is a nodule in the left upper lobe. The heart is enlarged.",
+               closed[0].id: closed[0].gold, closed[1].id: "Perhaps."}         # right; unparseable
+    summary = run_benchmark(bench, RunOptions(out_dir=tmp_path, prompts={}, progress=False,
+                                              bootstrap={"resamples": 200, "seed": 0}), predictions=answers)
+    from medgpt_oss.data.synthetic import findings_from_report
+
+    gold = [findings_from_report(r.gold) for r in reports]
+    predicted = [gold[0], ["nodule", "cardiomegaly"]]
+    assert summary["finding_f1"] == pytest.approx(finding_f1(predicted, gold))
+    low, high = summary["finding_f1_ci95"]
+    assert low <= summary["finding_f1"] <= high
+    assert summary["n_by_task"] == {"closed": 2, "mcq": 2, "report": 2}
+    assert summary["by_task"]["closed"]["accuracy"] == 0.5 and summary["by_task"]["closed"]["unparsed"] == 1
+    assert summary["by_task"]["mcq"]["unparsed"] == 0  # missing predictions: wrong, not unparseable
+    assert finding_f1([["nodule"]], [["nodule", "effusion"]]) == pytest.approx(2 / 3)
+    assert finding_f1([[]], [[]]) == 1.0
+    with pytest.raises(ValueError, match="limit_per_task"):
+        MedSynth(medsynth_dir / "medsynth", limit_per_task=-1)
+
+
 @pytest.mark.parametrize("cls,expected", [(VQARAD, "testset.json"), (SLAKE, "test.json"), (MedQA, "phrases_no_exclude"),
                                           (IUXray, "annotation.json"), (MMMU, "validation-"), (PubMedQA, "ori_pqal.json")])
 def test_wrong_root_fails_at_once_with_the_expected_layout(tmp_path, cls, expected):

@@ -219,3 +219,93 @@ def test_cli_entry_point_writes_the_run_folder(tmp_path):
                               f"benchmark.root={tmp_path}/absent", f"predictions={preds}",
                               f"hydra.run.dir={tmp_path / 'run2'}"], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "ori_pqal.json" in missing.stderr
+
+
+def test_images_both_answers_again_with_every_image_blanked(tiny_ckpt, medsynth_dir, tmp_path, monkeypatch):
+    """images.mode=both: each image benchmark twice, the second time every pixel the model sees is the same
+    black image while the tokens stay the same; a text-only benchmark runs once; both side by side."""
+    import torch
+
+    from medgpt_oss.models.vlm import MedVLM
+    from medgpt_oss.pipeline import demo_summary
+
+    seen: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    spec: list = []
+    embed = MedVLM.embed
+
+    def recording_embed(self, input_ids, pixel_values=None):
+        spec[:] = [self.input_spec()]
+        seen.append((input_ids.clone(), None if pixel_values is None else pixel_values.detach().clone()))
+        return embed(self, input_ids, pixel_values)
+
+    monkeypatch.setattr(MedVLM, "embed", recording_embed)
+    pubmed = write_pubmedqa(tmp_path / "p")
+    cfg = compose_eval(["benchmark=[medsynth,pubmedqa]", f"benchmark.medsynth.root={medsynth_dir / 'medsynth'}",
+                        f"benchmark.pubmedqa.root={pubmed}", "benchmark.medsynth.tasks=[closed,mcq,report]",
+                        "+benchmark.medsynth.limit_per_task=2", f"ckpt={tiny_ckpt}", "images.mode=both",
+                        "max_new_tokens=3", "batch_size=6", "device=cpu", "bootstrap.resamples=100"], tmp_path)
+    out = tmp_path / "run"
+    summaries = evaluate(cfg, out)
+    assert set(summaries) == {"medsynth", "medsynth@blank", "pubmedqa"}  # the text-only benchmark: once
+    assert not (out / "pubmedqa@blank").exists()
+    assert summaries["medsynth"]["images"] == "as given" and summaries["medsynth@blank"]["images"] == "blanked"
+    assert summaries["pubmedqa"]["images"] == "none (text only)"
+
+    # the model's inputs, in order: medsynth as given (one batch of 6), blanked (one batch), pubmedqa
+    (ids_given, px_given), (ids_blank, px_blank), (_, px_text) = seen
+    assert torch.equal(ids_given, ids_blank)  # the same prompts, token for token
+    assert px_given.shape == px_blank.shape and px_given.shape[0] == 6 and px_text is None
+    from medgpt_oss.data.images import ImageTransform
+
+    black = ImageTransform(spec[0].image_size, spec[0].image_mean, spec[0].image_std).blank()  # a black RGB image
+    assert all(torch.equal(view, black) for view in px_blank)  # every view of every item: the same black image
+    assert not any(torch.equal(view, black) for view in px_given)  # the real images are not black
+    assert not torch.equal(px_given, px_blank)
+
+    rows = {k: [json.loads(x) for x in (out / k / "predictions.jsonl").read_text().splitlines()]
+            for k in ("medsynth", "medsynth@blank")}
+    assert [r["id"] for r in rows["medsynth"]] == [r["id"] for r in rows["medsynth@blank"]]
+    assert [r["prompt"] for r in rows["medsynth"]] == [r["prompt"] for r in rows["medsynth@blank"]]
+
+    saved = json.loads((out / "summary.json").read_text())
+    ablation = saved["images_blanked"]
+    assert ablation["pubmedqa"] == {"skipped": "text only: no item has an image, nothing to blank (run once)"}
+    metrics = ablation["medsynth"]["metrics"]
+    closed = metrics["by_task[closed].accuracy"]
+    assert closed["n"] == 2 and closed["images"] == summaries["medsynth"]["by_task"]["closed"]["accuracy"]
+    assert closed["blanked"] == summaries["medsynth@blank"]["by_task"]["closed"]["accuracy"]
+    assert closed["images_minus_blanked"] == pytest.approx(closed["images"] - closed["blanked"])
+    low, high = closed["images_minus_blanked_ci95"]
+    assert low <= closed["images_minus_blanked"] <= high
+    assert {"accuracy", "finding_f1", "chexpert_micro_f1", "bleu_1"} <= set(metrics)
+    assert "images_minus_blanked_ci95" not in metrics["bleu_1"]  # no per-item scores: no interval
+    assert saved["meta"]["images_mode"] == "both"
+    results = (out / "results.md").read_text()
+    assert "## Images blanked" in results and "| medsynth | by_task[closed].accuracy | 2 |" in results
+    assert "| medsynth@blank |" in results
+
+    # the demo's summary.json is this harness summary, mapped to its headline keys
+    demo = demo_summary(saved)
+    assert demo["closed_accuracy"] == summaries["medsynth"]["by_task"]["closed"]["accuracy"]
+    assert demo["closed_accuracy_images_blanked"] == summaries["medsynth@blank"]["by_task"]["closed"]["accuracy"]
+    assert demo["closed_accuracy_images_minus_blanked_ci95"] == closed["images_minus_blanked_ci95"]
+    assert demo["report_f1"] == summaries["medsynth"]["finding_f1"]
+    assert demo["report_f1_images_blanked_ci95"] == summaries["medsynth@blank"]["finding_f1_ci95"]
+    assert (demo["n_closed"], demo["n_mcq"], demo["n_report"]) == (2, 2, 2)
+    for key in ("closed_accuracy_ci95", "closed_accuracy_images_blanked_ci95", "mcq_accuracy", "mcq_accuracy_ci95",
+                "closed_unparseable", "closed_unparseable_images_blanked", "mcq_chance", "report_f1_ci95"):
+        assert key in demo, key
+
+
+def test_blanking_needs_a_model(tmp_path):
+    root = write_vqa_rad(tmp_path / "vqa_rad")
+    preds = predictions(tmp_path / "p.jsonl", {"vqa_rad-1": "Yes."})
+    for mode in ("blank", "both"):
+        cfg = compose_eval(["benchmark=vqa_rad", f"benchmark.root={root}", f"predictions={preds}",
+                            f"images.mode={mode}"], tmp_path)
+        with pytest.raises(ValueError, match=f"images.mode={mode} .* predictions= .* nothing to blank"):
+            evaluate(cfg, tmp_path / "run")
+    bad = compose_eval(["benchmark=vqa_rad", f"benchmark.root={root}", f"predictions={preds}", "images.mode=grey"],
+                       tmp_path)
+    with pytest.raises(ValueError, match="images.mode=grey: choose one of normal, blank, both"):
+        evaluate(bad, tmp_path / "run")

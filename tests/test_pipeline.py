@@ -1,4 +1,5 @@
-"""The README's main job, shrunk: three stages hand off to each other, then the proof-of-learning eval."""
+"""The README's main job, shrunk: three stages hand off to each other, then the proof-of-learning eval
+(the harness, MedSynth with its images and with them blanked)."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import small_data_overrides
+from tests.test_eval_cli import tiny_ckpt  # noqa: F401  (fixture: a tiny checkpoint, nothing trained)
 
 
 @pytest.mark.slow
@@ -22,13 +24,69 @@ def test_pipeline_trains_all_stages_in_order_and_writes_the_summary(tmp_path, me
         cwd=tmp_path, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("closed_accuracy", "closed_accuracy_images_blanked", "mcq_accuracy", "report_f1"):
+    for key in ("closed_accuracy", "closed_accuracy_images_blanked", "mcq_accuracy", "mcq_accuracy_images_blanked",
+                "report_f1", "report_f1_images_blanked"):
         assert 0.0 <= summary[key] <= 1.0
-    assert summary["n_closed"] == 4 and summary["n_mcq"] == 4
+        low, high = summary[key + "_ci95"]
+        assert low <= summary[key] <= high
+    assert summary["n_closed"] == 4 and summary["n_mcq"] == 4 and summary["n_report"] == 4
+    # ... taken from the harness's run folder: MedSynth with its images and with them blanked
+    assert summary["evaluation"] == str(out / "eval")
+    harness = json.loads((out / "eval" / "summary.json").read_text())
+    assert harness["meta"]["images_mode"] == "both"
+    assert summary["closed_accuracy"] == harness["benchmarks"]["medsynth"]["by_task"]["closed"]["accuracy"]
+    assert (summary["closed_accuracy_images_blanked"]
+            == harness["benchmarks"]["medsynth@blank"]["by_task"]["closed"]["accuracy"])
+    assert summary["report_f1"] == harness["benchmarks"]["medsynth"]["finding_f1"]
+    paired = harness["images_blanked"]["medsynth"]["metrics"]["by_task[closed].accuracy"]
+    assert summary["closed_accuracy_images_minus_blanked_ci95"] == paired["images_minus_blanked_ci95"]
     # Each stage started from the one before: its config names the previous checkpoint.
     for stage, previous in (("longctx", "align"), ("instruct", "longctx")):
         ckpt = torch.load(out / stage / "checkpoints" / "last.ckpt", weights_only=True)
         assert ckpt["hyper_parameters"]["init_from"] == str(out / previous / "checkpoints" / "last.ckpt")
         assert ckpt["global_step"] == 2
-    rows = [json.loads(line) for line in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
-    assert {r["task"] for r in rows} == {"closed", "mcq", "report"}
+    for run in ("medsynth", "medsynth@blank"):
+        rows = [json.loads(line) for line in (out / "eval" / run / "predictions.jsonl").read_text().splitlines()]
+        assert {r["groups"]["task"] for r in rows} == {"closed", "mcq", "report"} and len(rows) == 12
+
+
+def test_the_demo_summary_comes_from_the_harness(tiny_ckpt, medsynth_dir, tmp_path):  # noqa: F811
+    """The pipeline's evaluation step alone (no training): recipe.evaluate -> python -m medgpt_oss.evaluate
+    with images.mode=both -> <out_dir>/summary.json, each headline number read from the harness run."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from medgpt_oss.config import CONF_DIR
+    from medgpt_oss.pipeline import evaluate_last, evaluation_overrides
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("pipeline", return_hydra_config=True, overrides=[
+            "recipe=tiny_demo", f"out_dir={tmp_path / 'demo'}", f"recipe.evaluate.root={medsynth_dir / 'medsynth'}",
+            "recipe.evaluate.limit=2", "recipe.evaluate.batch_size=6", "recipe.evaluate.max_new_tokens=3",
+            "recipe.evaluate.overrides=['device=cpu','bootstrap.resamples=50']"])
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path / "demo")
+        HydraConfig.instance().set_config(cfg)
+        overrides = evaluation_overrides(cfg.recipe.evaluate, tiny_ckpt)
+        assert {"benchmark=medsynth", "images.mode=both", "benchmark.medsynth.tasks=[closed,mcq,report]",
+                "+benchmark.medsynth.limit_per_task=2", "batch_size=6", "max_new_tokens=3"} <= set(overrides)
+        summary = evaluate_last(cfg, tiny_ckpt)
+    out = tmp_path / "demo"
+    assert json.loads((out / "summary.json").read_text()) == summary
+    harness = json.loads((out / "eval" / "summary.json").read_text())
+    with_images, blanked = harness["benchmarks"]["medsynth"], harness["benchmarks"]["medsynth@blank"]
+    for task in ("closed", "mcq"):
+        assert summary[f"{task}_accuracy"] == with_images["by_task"][task]["accuracy"]
+        assert summary[f"{task}_accuracy_ci95"] == with_images["by_task"][task]["accuracy_ci95"]
+        assert summary[f"{task}_accuracy_images_blanked"] == blanked["by_task"][task]["accuracy"]
+        assert summary[f"{task}_unparseable_images_blanked"] == blanked["by_task"][task]["unparsed"]
+        assert summary[f"n_{task}"] == 2
+    assert summary["report_f1"] == with_images["finding_f1"] and summary["n_report"] == 2
+    assert summary["report_f1_images_blanked_ci95"] == blanked["finding_f1_ci95"]
+    assert (summary["closed_chance"], summary["mcq_chance"]) == (0.5, 0.25)
+    assert summary["checkpoint"] == str(tiny_ckpt) and summary["evaluation"] == str(out / "eval")
+    assert (out / "eval" / "medsynth@blank" / "predictions.jsonl").is_file()
+    assert not (out / "eval" / "predictions.jsonl").exists()  # one MedSynth path: the harness's run folder

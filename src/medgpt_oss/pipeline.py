@@ -5,8 +5,15 @@
 
 Each stage is composed from conf/train.yaml exactly as ``python -m medgpt_oss.train
 +stage=<name>`` would be, with the recipe's overrides, and starts from the previous
-stage's ``last.ckpt`` (``init_from``). Stage runs live in ``<out_dir>/<stage>/``; the
-evaluation of the last stage writes ``<out_dir>/summary.json``.
+stage's ``last.ckpt`` (``init_from``). Stage runs live in ``<out_dir>/<stage>/``.
+
+The last stage is evaluated by the harness, composed from conf/eval.yaml exactly as
+``python -m medgpt_oss.evaluate`` would be (``recipe.evaluate``: ``benchmark=medsynth``,
+``images.mode=both``, items per task, batch size, ...), into ``<out_dir>/eval/`` (a run folder like any
+other: per-item rows, summary.json, results.md). ``<out_dir>/summary.json`` is its headline numbers
+(:func:`demo_summary`): per MedSynth task the accuracy with the images and with every image blanked,
+each with its 95% interval, the paired difference, the unparseable answers, the report finding F1, and
+where the harness run is.
 """
 
 from __future__ import annotations
@@ -45,15 +52,107 @@ def run_curriculum(cfg: DictConfig) -> Path:
     return previous
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="pipeline", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    ckpt = run_curriculum(cfg)
-    from medgpt_oss.eval.medsynth import evaluate_medsynth
+def _data_root_of(ckpt: Path) -> Path:
+    """The data folder a run trained on, from the (resolved) config.yaml saved beside its checkpoints."""
+    config = Path(ckpt).resolve().parent.parent / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"no config.yaml beside '{ckpt}'; set recipe.evaluate.root=<benchmark folder>")
+    return Path(OmegaConf.load(config).data.root)
+
+
+def evaluation_overrides(evaluate: DictConfig, ckpt: Path) -> list[str]:
+    """conf/eval.yaml overrides that evaluate ``ckpt`` as the recipe's ``evaluate:`` block says.
+
+    ``root`` null: the data folder the last stage trained on (MedSynth's, in the demo); ``limit``: items per
+    MedSynth task (``benchmark.medsynth.limit_per_task``), or the first N items of another benchmark."""
+    name = str(evaluate.benchmark)
+    root = evaluate.get("root") or _data_root_of(ckpt)
+    overrides = [f"ckpt={ckpt}", f"benchmark={name}", f"benchmark.{name}.root={root}",
+                 f"images.mode={evaluate.get('images', 'both')}", f"batch_size={evaluate.batch_size}"]
+    if evaluate.get("max_new_tokens") is not None:
+        overrides.append(f"max_new_tokens={evaluate.max_new_tokens}")
+    if evaluate.get("tasks") is not None:
+        overrides.append(f"benchmark.{name}.tasks=[{','.join(evaluate.tasks)}]")
+    if evaluate.get("limit") is not None:
+        overrides.append(f"+benchmark.{name}.limit_per_task={evaluate.limit}" if name == "medsynth"
+                         else f"limit={evaluate.limit}")
+    return overrides + list(evaluate.get("overrides") or [])
+
+
+# The demo's headline keys from the harness's MedSynth summaries (with images, and <name>@blank).
+CHANCE = {"closed": 0.5, "mcq": 0.25}  # yes/no; MedSynth's four options
+
+
+def demo_summary(harness: dict[str, Any], name: str = "medsynth") -> dict[str, Any]:
+    """``<out_dir>/summary.json`` from the harness's summary.json (``images.mode=both``).
+
+    Per task ``t`` of ``by_task``: ``t_accuracy`` (+ ``_ci95``), ``t_accuracy_images_blanked`` (+ ``_ci95``),
+    ``t_accuracy_images_minus_blanked`` (+ ``_ci95``: paired), ``t_unparseable`` (no final channel or no
+    answer in it; + ``_images_blanked``), ``n_t``, ``t_chance``; reports: ``report_f1`` (finding F1, the same
+    set of keys) and ``n_report``."""
+    from medgpt_oss.eval.runner import BLANK_SUFFIX
+
+    benchmarks = harness["benchmarks"]
+    with_images, blanked = benchmarks.get(name) or {}, benchmarks.get(name + BLANK_SUFFIX) or {}
+    paired = ((harness.get("images_blanked") or {}).get(name) or {}).get("metrics") or {}
+    out: dict[str, Any] = {}
+
+    def put(key: str, holder: dict[str, Any], metric: str, suffix: str = "") -> None:
+        if metric in holder:
+            out[key + suffix] = holder[metric]
+            if f"{metric}_ci95" in holder:
+                out[f"{key}{suffix}_ci95"] = holder[f"{metric}_ci95"]
+
+    def put_difference(key: str, metric: str) -> None:
+        if metric in paired:
+            out[f"{key}_images_minus_blanked"] = paired[metric]["images_minus_blanked"]
+            if "images_minus_blanked_ci95" in paired[metric]:
+                out[f"{key}_images_minus_blanked_ci95"] = paired[metric]["images_minus_blanked_ci95"]
+
+    for task, split in (with_images.get("by_task") or {}).items():
+        blank_split = (blanked.get("by_task") or {}).get(task) or {}
+        put(f"{task}_accuracy", split, "accuracy")
+        put(f"{task}_accuracy", blank_split, "accuracy", "_images_blanked")
+        put_difference(f"{task}_accuracy", f"by_task[{task}].accuracy")
+        if "unparsed" in split:
+            out[f"{task}_unparseable"] = split["unparsed"]
+        if "unparsed" in blank_split:
+            out[f"{task}_unparseable_images_blanked"] = blank_split["unparsed"]
+        out[f"n_{task}"] = split.get("n")
+        if task in CHANCE:
+            out[f"{task}_chance"] = CHANCE[task]
+    put("report_f1", with_images, "finding_f1")
+    put("report_f1", blanked, "finding_f1", "_images_blanked")
+    put_difference("report_f1", "finding_f1")
+    n_by_task = with_images.get("n_by_task") or {}
+    reports = sum(n for task, n in n_by_task.items() if task in ("report", "multiview_report"))
+    if reports:
+        out["n_report"] = reports
+    return out
+
+
+def evaluate_last(cfg: DictConfig, ckpt: Path) -> dict[str, Any]:
+    """The harness on ``ckpt`` as ``recipe.evaluate`` says, into ``<out_dir>/eval``; writes and returns the
+    demo's ``<out_dir>/summary.json``. Needs Hydra initialised on conf/ (``@hydra.main`` does it)."""
+    from medgpt_oss.evaluate import evaluate
 
     out_dir = Path(cfg.out_dir)
-    summary: dict[str, Any] = evaluate_medsynth(ckpt, out_dir / "eval", **OmegaConf.to_container(cfg.recipe.evaluate))
-    summary["checkpoint"] = str(ckpt)
+    eval_dir = out_dir / "eval"
+    overrides = evaluation_overrides(cfg.recipe.evaluate, ckpt)
+    print(f"\n=== evaluate: {' '.join(overrides)}", flush=True)
+    evaluate(hydra.compose(config_name="eval", overrides=overrides), eval_dir)
+    harness = json.loads((eval_dir / "summary.json").read_text(encoding="utf-8"))
+    summary: dict[str, Any] = demo_summary(harness, str(cfg.recipe.evaluate.benchmark))
+    summary.update(checkpoint=str(ckpt), evaluation=str(eval_dir),
+                   evaluation_command="python -m medgpt_oss.evaluate " + " ".join(overrides))
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="pipeline", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    summary = evaluate_last(cfg, run_curriculum(cfg))
     print(json.dumps(summary, indent=2))
 
 

@@ -24,6 +24,23 @@ from medgpt_oss.data.processor import SampleProcessor
 from medgpt_oss.harmony import END, FINAL_HEADER, STOP_TOKENS, final_answer
 
 IMAGE_OPTIONS = ("max_tiles", "dicom")
+IMAGE_MODES = ("normal", "blank", "both")  # images.mode of conf/eval.yaml
+
+
+class EvalProcessor(SampleProcessor):
+    """The training processor, plus ``blank_images``: every image is read, tiled and counted as usual (so
+    the prompt's tokens are unchanged, an unreadable file still fails), then each of its encoder inputs is
+    replaced by the same black image (``ImageTransform.blank``). Generation and likelihood scoring both
+    build their inputs here, so both see the blanked pixels."""
+
+    blank_images = False
+
+    def load_pixels(self, record_id: str, image_paths: list[str],
+                    image_bytes: list[bytes] | None = None) -> tuple[torch.Tensor, list[int]]:
+        pixels, views_per_image = super().load_pixels(record_id, image_paths, image_bytes)
+        if self.blank_images and pixels.numel():
+            pixels = self.transform.blank().expand_as(pixels).clone()
+        return pixels, views_per_image
 
 
 class HarmonyReplyEnd(StoppingCriteria):
@@ -98,11 +115,20 @@ class Generator:
                  max_tiles: int | None = None, dicom: dict[str, Any] | None = None,
                  allow_outside_root: bool = False) -> None:
         self.vlm = vlm
-        self.processor = SampleProcessor(vlm.input_spec(), root, system_prompt=system_prompt, max_tiles=max_tiles,
+        self.processor = EvalProcessor(vlm.input_spec(), root, system_prompt=system_prompt, max_tiles=max_tiles,
                                          dicom=dicom, allow_outside_root=allow_outside_root)
         self.tokenizer = vlm.tokenizer
         self.max_new_tokens = max_new_tokens
         self.stop = HarmonyReplyEnd(self.tokenizer)
+
+    @property
+    def blank_images(self) -> bool:
+        """True: every image the model sees is black (the images-blanked ablation, ``images.mode``)."""
+        return self.processor.blank_images
+
+    @blank_images.setter
+    def blank_images(self, value: bool) -> None:
+        self.processor.blank_images = bool(value)
 
     @property
     def device(self) -> torch.device:

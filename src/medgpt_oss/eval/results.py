@@ -65,15 +65,53 @@ def markdown_table(summaries: dict[str, dict[str, Any]]) -> str:
               for name, s in summaries.items() if s.get("n_malformed")]
     notes += [f"- {name}: {s['n_missing_predictions']} item(s) had no prediction and count as wrong"
               for name, s in summaries.items() if s.get("n_missing_predictions")]
+    notes += [f"- {name}: finding F1 (positive findings named in the reports) {_with_ci(s, 'finding_f1')}"
+              for name, s in summaries.items() if s.get("finding_f1") is not None]
     notes += [f"- {name}: no interval for {metric}: {why}" for name, s in summaries.items()
               for metric, why in (s.get("ci95_skipped") or {}).items()]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-def write_results(out_dir: Path, summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> None:
+def _signed(metric: str, value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:+.2f}" if metric.endswith("accuracy") else f"{value:+.4f}"
+
+
+def _plain(metric: str, value: Any) -> str:
+    return _fmt(value, percent=metric.endswith("accuracy"))
+
+
+def ablation_table(ablations: dict[str, dict[str, Any]]) -> str:
+    """``images.mode=both``: each metric with the images and with every image blanked, side by side, and what
+    the images add (with - blanked) with its paired 95% interval."""
+    lines = ["## Images blanked", "",
+             ("Each image benchmark answered twice: with its images, and with every image replaced by the same "
+              "black image (same prompts and tokens). Accuracy in %, differences in percentage points; "
+              "[low–high]: 95% paired bootstrap interval over the items scored in both runs."), "",
+             "| benchmark | metric | n | with images | blanked | with − blanked | 95% CI |", "|---|---|---|---|---|---|---|"]
+    skipped = []
+    for name, ablation in ablations.items():
+        if "skipped" in ablation:
+            skipped.append(f"- {name}: {ablation['skipped']}")
+            continue
+        for metric, m in ablation["metrics"].items():
+            ci = m.get("images_minus_blanked_ci95")
+            ci_text = f"{_signed(metric, ci[0])} to {_signed(metric, ci[1])}" if ci else "–"
+            lines.append(f"| {name} | {metric} | {m.get('n', '–')} | {_plain(metric, m['images'])} "
+                         f"| {_plain(metric, m['blanked'])} | {_signed(metric, m['images_minus_blanked'])} | {ci_text} |")
+    return "\n".join(lines + ([""] + skipped if skipped else [])) + "\n"
+
+
+def write_results(out_dir: Path, summaries: dict[str, dict[str, Any]], meta: dict[str, Any],
+                  images_blanked: dict[str, dict[str, Any]] | None = None) -> None:
+    """``images_blanked``: per benchmark, the side-by-side of :func:`medgpt_oss.eval.runner.image_ablation`
+    (``images.mode=both``), written to summary.json under that key and to results.md as its own table."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "summary.json", "w", encoding="utf-8") as fh:
-        json.dump({"benchmarks": summaries, "meta": meta}, fh, indent=2, ensure_ascii=False)
+        json.dump({"benchmarks": summaries, **({"images_blanked": images_blanked} if images_blanked else {}),
+                   "meta": meta}, fh, indent=2, ensure_ascii=False)
         fh.write("\n")
     header = f"# Evaluation results\n\ncheckpoint: `{meta.get('ckpt')}`  \npredictions: `{meta.get('predictions')}`\n\n"
-    (out_dir / "results.md").write_text(header + markdown_table(summaries), encoding="utf-8")
+    body = markdown_table(summaries) + ("\n" + ablation_table(images_blanked) if images_blanked else "")
+    (out_dir / "results.md").write_text(header + body, encoding="utf-8")

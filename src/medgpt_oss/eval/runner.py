@@ -211,9 +211,79 @@ def summarize(benchmark: Benchmark, rows: list[dict[str, Any]],
     }
     if bootstrap and int(bootstrap.get("resamples", 0)) > 0:
         add_intervals(summary, scored, int(bootstrap["resamples"]), int(bootstrap.get("seed", 0)))
+        _add_benchmark_intervals(benchmark, summary, scored, int(bootstrap["resamples"]), int(bootstrap.get("seed", 0)))
     if errors:
         summary["malformed"] = errors[:50]  # the full list is in predictions.jsonl
     return summary
+
+
+def _add_benchmark_intervals(benchmark: Benchmark, summary: dict[str, Any], rows: list[dict[str, Any]],
+                             resamples: int, seed: int) -> None:
+    """Intervals of a benchmark's own per-item metrics (``benchmark.item_metrics(rows)``, e.g. MedSynth's
+    finding F1), attached like :func:`~medgpt_oss.eval.bootstrap.add_intervals` attaches the shared ones."""
+    from medgpt_oss.eval.bootstrap import SUFFIX, TOLERANCE, display, interval
+
+    extra = getattr(benchmark, "item_metrics", None)
+    for path, metric in (extra(rows) if extra is not None else {}).items():
+        if len(path) != 1 or summary.get(path[0]) is None:
+            continue
+        if abs(metric.point() - float(summary[path[0]])) > TOLERANCE:
+            summary.setdefault("ci95_skipped", {})[display(path)] = (
+                f"recomputed from the items it is {metric.point():.6f}, the summary says "
+                f"{float(summary[path[0]]):.6f}: no interval")
+            continue
+        summary[path[0] + SUFFIX] = interval(metric, resamples, seed)
+
+
+BLANK_SUFFIX = "@blank"  # the images-blanked run of benchmark <name> is <name>@blank (summary key and folder)
+
+
+def has_images(items: Iterable[EvalItem | MalformedItem]) -> bool:
+    """Whether any item shows the model an image (a text-only benchmark has nothing to blank)."""
+    return any(isinstance(item, EvalItem) and item.images for item in items)
+
+
+def image_ablation(benchmark: Benchmark, rows_images: list[dict[str, Any]], rows_blanked: list[dict[str, Any]],
+                   summary_images: dict[str, Any], summary_blanked: dict[str, Any],
+                   bootstrap: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """What the images add: each metric with the images and with them blanked, the difference
+    (with images - blanked) over the items scored in both runs and its 95% *paired* bootstrap interval (the
+    same item ids drawn in both). Metrics without per-item scores (BLEU, ROUGE-L, ...) get both numbers and
+    their difference, without an interval."""
+    from medgpt_oss.eval.bootstrap import display, item_metrics, paired_interval
+
+    def metrics(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], Any]:
+        extra = getattr(benchmark, "item_metrics", None)
+        return {**item_metrics(rows), **(extra(rows) if extra is not None else {})}
+
+    resamples, seed = int((bootstrap or {}).get("resamples", 0)), int((bootstrap or {}).get("seed", 0))
+    with_images, blanked = metrics(rows_images), metrics(rows_blanked)
+    out: dict[str, Any] = {}
+    for path, m_img in with_images.items():
+        m_blank = blanked.get(path)
+        if m_blank is None:
+            continue
+        in_blank = set(m_blank.ids)
+        common = [i for i in m_img.ids if i in in_blank]
+        if not common:
+            continue
+        a, b = m_blank.subset(common), m_img.subset(common)  # paired_interval gives b - a: images - blanked
+        entry = {"n": len(common), "images": b.point(), "blanked": a.point(), "images_minus_blanked": b.point() - a.point()}
+        if resamples > 0:
+            entry["images_minus_blanked_ci95"] = paired_interval(a, b, resamples, seed)
+        out[display(path)] = entry
+    paired = {p[0] for p in with_images} | {p[0] for p in blanked}
+    for key, value in summary_images.items():
+        other = summary_blanked.get(key)
+        if (key not in paired and key.startswith(LEXICAL_PREFIXES) and not key.endswith("_ci95")
+                and isinstance(value, (int, float)) and isinstance(other, (int, float))):
+            out[key] = {"images": value, "blanked": other, "images_minus_blanked": value - other}
+    return out
+
+
+# report metrics compared without intervals (no per-item scores): the lexical ones and the model-based ones
+LEXICAL_PREFIXES = ("bleu_", "rouge_l", "cider_d", "meteor", "radgraph_f1", "ratescore", "green", "radcliq",
+                    "inv_radcliq")
 
 
 def merge_shards(bench_dir: Path, world_size: int, wait_s: float = 0.0) -> list[dict[str, Any]]:
@@ -246,11 +316,13 @@ def check_unique_ids(name: str, items: list[EvalItem | MalformedItem]) -> None:
 
 def run_benchmark(benchmark: Benchmark, opts: RunOptions, answer: ModelAnswerer | None = None,
                   predictions: Mapping[str, str] | None = None,
-                  items: list[EvalItem | MalformedItem] | None = None) -> dict[str, Any] | None:
+                  items: list[EvalItem | MalformedItem] | None = None, folder: str | None = None) -> dict[str, Any] | None:
     """Score this rank's share; on rank 0 merge and return the summary (other ranks return None).
 
-    ``items``: the benchmark's items when the caller has read them already (else read here)."""
-    bench_dir = opts.out_dir / benchmark.name
+    ``items``: the benchmark's items when the caller has read them already (else read here).
+    ``folder``: the run folder's sub-folder for this benchmark (default its name; ``<name>@blank`` for the
+    images-blanked run)."""
+    bench_dir = opts.out_dir / (folder or benchmark.name)
     all_items = list(benchmark.items()) if items is None else items  # a wrong root fails here, before model work
     check_unique_ids(benchmark.name, all_items)
     if opts.limit is not None:

@@ -3,11 +3,19 @@
 Prompts are the records' own human turns (they already hold the ``<image>``
 placeholders, options and instructions the model was trained with), so the
 benchmark config sets every prompt template to ``{question}``.
+
+Besides the harness's metrics, MedSynth reports get a **finding F1**: the positive findings a report
+states (nodule, effusion, cardiomegaly; ``data.synthetic.findings_from_report``) against those of the
+reference report, micro F1 over all report items (``finding_f1``, with its 95% interval). The summary
+also counts scored items per task (``n_by_task``) and unparseable answers per task
+(``by_task.<task>.unparsed``: no final channel, or no label/letter in it). ``limit_per_task`` keeps
+the first N items of each task (the demo's "N per task kind").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from medgpt_oss.eval.benchmarks.base import Benchmark, EvalItem, MalformedItem
@@ -17,18 +25,44 @@ TASK_KINDS = {"closed": "closed", "open": "open", "mcq": "mcq", "longitudinal": 
               "report": "report", "multiview_report": "report"}
 
 
+def finding_counts(output: list[str], gold: list[str]) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of one report's positive findings."""
+    out, ref = set(output), set(gold)
+    return len(out & ref), len(out - ref), len(ref - out)
+
+
+def finding_f1(predicted: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) -> float:
+    """Micro F1 of positive findings over all reports (1.0 when no report states or has any)."""
+    tp = fp = fn = 0
+    for p, g in zip(predicted, gold, strict=True):
+        a, b, c = finding_counts(list(p), list(g))
+        tp, fp, fn = tp + a, fp + b, fn + c
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+
+
+def _f1_of_sums(sums: Any, n: int) -> Any:
+    import numpy as np
+
+    tp, fp, fn = sums[..., 0], sums[..., 1], sums[..., 2]
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 1.0)
+
+
 class MedSynth(Benchmark):
     layout = """test.jsonl                   MedSynth records {id, image, conversations, task, modality, answer, options}
 images/...                   (generate with: python -m medgpt_oss.data.synthetic, or let synth= do it)"""
     origin = "generated locally by medgpt_oss.data.synthetic"
 
     def __init__(self, root: str, split: str = "test", tasks: Sequence[str] = tuple(TASK_KINDS),
-                 synth: dict[str, Any] | None = None, **kw: Any) -> None:
+                 synth: dict[str, Any] | None = None, limit_per_task: int | None = None, **kw: Any) -> None:
         super().__init__(root, **kw)
         unknown = set(tasks) - set(TASK_KINDS)
         if unknown:
             raise ValueError(f"MedSynth tasks {sorted(unknown)} cannot be scored; choose from {sorted(TASK_KINDS)}")
+        if limit_per_task is not None and int(limit_per_task) < 0:
+            raise ValueError(f"limit_per_task={limit_per_task} must be >= 0 (null: every item)")
         self.split, self.tasks, self.synth = split, tuple(tasks), dict(synth) if synth else None
+        self.limit_per_task = None if limit_per_task is None else int(limit_per_task)
 
     def items(self) -> Iterator[EvalItem | MalformedItem]:
         if self.synth is not None:
@@ -36,13 +70,18 @@ images/...                   (generate with: python -m medgpt_oss.data.synthetic
 
             ensure_medsynth(self.root, **self.synth)
         path = self.require(f"{self.split}.jsonl")
+        taken: Counter = Counter()
         for entry in self.read_jsonl(path, "medsynth-line"):
             if isinstance(entry, MalformedItem):
                 yield entry
                 continue
             line_id, rec = entry
-            if rec.get("task") not in self.tasks:
+            task = rec.get("task")
+            if task not in self.tasks:
                 continue
+            if self.limit_per_task is not None and taken[task] >= self.limit_per_task:
+                continue
+            taken[task] += 1
             item_id = str(rec.get("id", line_id))
             try:
                 yield self._item(item_id, rec)
@@ -60,3 +99,47 @@ images/...                   (generate with: python -m medgpt_oss.data.synthetic
         gold = rec["answer"] if task in ("closed", "open", "mcq") else answer
         groups = {"task": task, "modality": str(rec.get("modality", ""))}
         return EvalItem(item_id, kind, question, str(gold), images=images, options=rec.get("options"), groups=groups)
+
+    # -- scoring: the harness's, plus finding F1 for reports ------------------------------------------
+
+    def score(self, item: EvalItem, output: str | None) -> dict[str, Any]:
+        scored = super().score(item, output)
+        if item.kind == "report":
+            from medgpt_oss.data.synthetic import findings_from_report
+
+            scored["scores"] = {**scored["scores"], "findings": {"output": findings_from_report(output or ""),
+                                                                 "gold": findings_from_report(item.gold)}}
+        return scored
+
+    def summarize(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        out = super().summarize(rows)
+        scored = [r for r in rows if r.get("error") is None]
+        out["n_by_task"] = dict(Counter(str((r.get("groups") or {}).get("task")) for r in scored))
+        for task, split in (out.get("by_task") or {}).items():
+            split["unparsed"] = sum(1 for r in scored if (r.get("groups") or {}).get("task") == task
+                                    and r.get("kind") != "report" and r.get("extracted") is None
+                                    and not r.get("missing_prediction"))
+        reports = self._finding_rows(scored)
+        if reports:
+            out["finding_f1"] = finding_f1([r["scores"]["findings"]["output"] for r in reports],
+                                           [r["scores"]["findings"]["gold"] for r in reports])
+        return out
+
+    @staticmethod
+    def _finding_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        return [r for r in rows if r.get("kind") == "report" and r.get("error") is None
+                and isinstance((r.get("scores") or {}).get("findings"), dict)]
+
+    def item_metrics(self, rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, ...], Any]:
+        """Metrics beyond ``bootstrap.item_metrics`` that the rows recompute: ``finding_f1`` from per-item
+        true/false positive and false negative counts (so its interval and paired differences are exact)."""
+        import numpy as np
+
+        from medgpt_oss.eval.bootstrap import ItemMetric
+
+        reports = self._finding_rows(rows)
+        if not reports:
+            return {}
+        counts = np.array([finding_counts(r["scores"]["findings"]["output"], r["scores"]["findings"]["gold"])
+                           for r in reports], dtype=np.float64)
+        return {("finding_f1",): ItemMetric([str(r["id"]) for r in reports], counts, _f1_of_sums)}
