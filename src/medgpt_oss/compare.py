@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medgpt_oss.eval.bootstrap import display, item_metrics, paired_interval
+from medgpt_oss.eval.bootstrap import item_metrics, paired_differences
 
 EXAMPLES = 5
 COUNTS = {"n", "n_items", "n_scored", "n_malformed", "n_missing_predictions", "unparsed"}  # not metrics
@@ -97,21 +97,7 @@ def compare_benchmark(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]
              "only_in_b": _ids_summary([r["id"] for r in rows_b if r["id"] not in ids_a]),
              "gold_differs": _ids_summary(gold_differs)}
     metrics_a, metrics_b = item_metrics(rows_a), item_metrics(rows_b)
-    metrics: dict[str, Any] = {}
-    for path, ma in metrics_a.items():
-        mb = metrics_b.get(path)
-        if mb is None:
-            continue
-        in_b = set(mb.ids)
-        common = [i for i in ma.ids if i in in_b]
-        entry: dict[str, Any] = {"n": len(common)}
-        if len(common) < ma.n or len(common) < mb.n:
-            entry["unpaired"] = {"a": ma.n - len(common), "b": mb.n - len(common)}
-        if common:
-            a, b = ma.subset(common), mb.subset(common)
-            va, vb = a.point(), b.point()
-            entry.update(a=va, b=vb, diff=vb - va, diff_ci95=paired_interval(a, b, resamples, seed))
-        metrics[display(path)] = entry
+    metrics = paired_differences(metrics_a, metrics_b, resamples, seed)
     paired_keys = {p[0] for p in metrics_a} | {p[0] for p in metrics_b}
     not_paired = {k: {"a": summary_a[k], "b": summary_b[k], "why": "no per-item scores: not compared item by item"}
                   for k in summary_a if k in summary_b and k not in paired_keys and k not in COUNTS

@@ -102,6 +102,29 @@ def paired_interval(a: ItemMetric, b: ItemMetric, resamples: int, seed: int) -> 
     return _percentiles(np.concatenate(diffs))
 
 
+def paired_differences(metrics_a: Mapping[MetricPath, ItemMetric], metrics_b: Mapping[MetricPath, ItemMetric],
+                       resamples: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Per metric of both runs, over the item ids both scored: ``n``, ``a``, ``b``, ``diff`` (B - A) and its paired
+    95% interval ``diff_ci95`` (when ``resamples`` > 0); ``unpaired`` counts items scored in one run only."""
+    out: dict[str, dict[str, Any]] = {}
+    for path, ma in metrics_a.items():
+        mb = metrics_b.get(path)
+        if mb is None:
+            continue
+        in_b = set(mb.ids)
+        common = [i for i in ma.ids if i in in_b]
+        entry: dict[str, Any] = {"n": len(common)}
+        if len(common) < ma.n or len(common) < mb.n:
+            entry["unpaired"] = {"a": ma.n - len(common), "b": mb.n - len(common)}
+        if common:
+            a, b = ma.subset(common), mb.subset(common)
+            entry.update(a=a.point(), b=b.point(), diff=b.point() - a.point())
+            if resamples > 0:
+                entry["diff_ci95"] = paired_interval(a, b, resamples, seed)
+        out[display(path)] = entry
+    return out
+
+
 # -- metrics as functions of per-item feature sums ------------------------------------------------------------
 
 def _mean(sums: np.ndarray, n: int) -> np.ndarray:

@@ -250,7 +250,7 @@ def image_ablation(benchmark: Benchmark, rows_images: list[dict[str, Any]], rows
     (with images - blanked) over the items scored in both runs and its 95% *paired* bootstrap interval (the
     same item ids drawn in both). Metrics without per-item scores (BLEU, ROUGE-L, ...) get both numbers and
     their difference, without an interval."""
-    from medgpt_oss.eval.bootstrap import display, item_metrics, paired_interval
+    from medgpt_oss.eval.bootstrap import item_metrics, paired_differences
 
     def metrics(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], Any]:
         extra = getattr(benchmark, "item_metrics", None)
@@ -259,19 +259,10 @@ def image_ablation(benchmark: Benchmark, rows_images: list[dict[str, Any]], rows
     resamples, seed = int((bootstrap or {}).get("resamples", 0)), int((bootstrap or {}).get("seed", 0))
     with_images, blanked = metrics(rows_images), metrics(rows_blanked)
     out: dict[str, Any] = {}
-    for path, m_img in with_images.items():
-        m_blank = blanked.get(path)
-        if m_blank is None:
-            continue
-        in_blank = set(m_blank.ids)
-        common = [i for i in m_img.ids if i in in_blank]
-        if not common:
-            continue
-        a, b = m_blank.subset(common), m_img.subset(common)  # paired_interval gives b - a: images - blanked
-        entry = {"n": len(common), "images": b.point(), "blanked": a.point(), "images_minus_blanked": b.point() - a.point()}
-        if resamples > 0:
-            entry["images_minus_blanked_ci95"] = paired_interval(a, b, resamples, seed)
-        out[display(path)] = entry
+    for name, d in paired_differences(blanked, with_images, resamples, seed).items():  # B - A: images - blanked
+        if d["n"]:
+            out[name] = {"n": d["n"], "images": d["b"], "blanked": d["a"], "images_minus_blanked": d["diff"],
+                         **({"images_minus_blanked_ci95": d["diff_ci95"]} if "diff_ci95" in d else {})}
     paired = {p[0] for p in with_images} | {p[0] for p in blanked}
     for key, value in summary_images.items():
         other = summary_blanked.get(key)
