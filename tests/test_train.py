@@ -222,7 +222,10 @@ def test_next_stage_starts_from_the_previous_stages_weights(tmp_path, medsynth_d
 
 def test_init_from_a_mismatched_model_says_what_to_change(tmp_path, medsynth_dir):
     run(tmp_path / "align", medsynth_dir, "trainer.max_steps=1", "projector=linear")
-    with pytest.raises(KeyError, match="same encoder/projector/llm/lora"):
+    from medgpt_oss.provenance import ModelMismatchError
+
+    with pytest.raises(ModelMismatchError, match="projector: checkpoint linear, this run mlp2x_gelu -> add "
+                                                 "projector=linear"):
         run(tmp_path / "instruct", medsynth_dir, "trainer.max_steps=1",
             f"init_from={tmp_path / 'align' / 'checkpoints' / 'last.ckpt'}")
 

@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from medgpt_oss.config import CONF_DIR, available_stages, model_config
 from medgpt_oss.models.hub import MissingWeightsError, resolve_pretrained
+from medgpt_oss.provenance import RESUME
+from medgpt_oss.provenance import check as check_provenance
 from medgpt_oss.trust import load_checkpoint
 
 
@@ -162,8 +164,20 @@ def train(cfg: DictConfig) -> tuple[Any, Any]:
     L.seed_everything(cfg.seed, workers=True)
     check_pretrained(cfg)
     check_strategy_available(cfg)
+    # QLoRA (lora.quantize): CUDA + bitsandbytes and the LoRA/quantization combination, before any model work.
+    from medgpt_oss.models.quantize import QuantizationUnavailableError, check_quantization
+    try:
+        check_quantization(cfg)
+    except QuantizationUnavailableError as exc:
+        raise MissingExtraError(str(exc)) from exc
     # Plain dicts (not DictConfig) so checkpoints hold only primitive hparams and load with weights_only.
     stage = hydra.utils.instantiate(cfg.stage, model=model_config(cfg), _recursive_=False, _convert_="all")
+    # weights_only: a resumed checkpoint is data -- a pickle payload is refused, for local and http(s) paths
+    # (a local file is read here first, so the refusal names it). A resume must rebuild the model the checkpoint
+    # saved: checked before any data or trainer work (provenance.py; a URL is checked as Lightning loads it).
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and Path(str(ckpt_path)).is_file():
+        check_provenance(load_checkpoint(ckpt_path), stage, RESUME, ckpt_path)
     datamodule = hydra.utils.instantiate(cfg.data, input_spec=stage.vlm.input_spec())
     trainer = hydra.utils.instantiate(
         cfg.trainer,
@@ -174,11 +188,6 @@ def train(cfg: DictConfig) -> tuple[Any, Any]:
     if trainer.is_global_zero:
         Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, Path(trainer.default_root_dir) / "config.yaml", resolve=True)
-    # weights_only: a resumed checkpoint is data -- a pickle payload is refused, for local and http(s) paths
-    # (a local file is read once more first, so the refusal names it).
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and Path(str(ckpt_path)).is_file():
-        load_checkpoint(ckpt_path)
     trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return trainer, stage
 

@@ -23,8 +23,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_cosine_schedule_with_warmup
 
+from medgpt_oss import provenance
 from medgpt_oss.data.conversation import IGNORE_INDEX
 from medgpt_oss.models.vlm import COMPONENTS, MedVLM
+from medgpt_oss.stages.handoff import HANDOFF_LORA, handoff_state
 from medgpt_oss.trust import check_checkpoint, check_class_path, load_checkpoint
 
 
@@ -55,13 +57,20 @@ class VLMStage(L.LightningModule):
         train: dict[str, bool],
         optim: dict[str, Any],
         init_from: str | None = None,
+        handoff_lora: str = "merge",
     ) -> None:
         super().__init__()
         model, train, optim = _plain(model), _plain(train), _plain(optim)
+        if handoff_lora not in HANDOFF_LORA:
+            raise ValueError(f"stage.handoff_lora must be one of {HANDOFF_LORA}, got {handoff_lora!r}")
         self.optim_cfg = optim
         self.init_from = init_from
+        self.handoff_lora = handoff_lora
         self.vlm = MedVLM.from_config(model)
         self.vlm.set_trainable(**{name: bool(train.get(name, False)) for name in COMPONENTS})
+        # What the model is built from, beyond its config (tokenizer contents, base-weight fingerprints): saved in
+        # every checkpoint and compared on resume and hand-off (medgpt_oss/provenance.py).
+        self.provenance = provenance.record(self.vlm)
         # Weights that differ from the base weights: what trains here plus what the previous stage
         # handed over. Only these go into checkpoints, so loading is non-strict and checked by hand.
         self.saved_keys = self.trainable_state_keys()
@@ -94,23 +103,29 @@ class VLMStage(L.LightningModule):
             self.load_previous_stage(self.init_from)
 
     def load_previous_stage(self, ckpt_path: str) -> None:
-        """Start from the weights another stage trained (its checkpoint holds only those)."""
+        """Start from the weights another stage trained (its checkpoint holds only those).
+
+        The previous stage may have used no LoRA or another one (stages/handoff.py): full weights land in this
+        model's base weights (under its adapters, if any); the previous adapters are merged into them
+        (``stage.handoff_lora=merge``) or continue as this stage's own (``keep``). Everything loaded here differs
+        from the base weights, so it goes into this stage's checkpoints too.
+        """
         path = Path(ckpt_path)
         if not path.is_file():
             raise FileNotFoundError(f"init_from checkpoint '{ckpt_path}' does not exist")
         checkpoint = load_checkpoint(path)  # weights only: a pickle payload is refused, naming the file
-        state = checkpoint["state_dict"]
-        own = self.state_dict()
-        unknown = sorted(set(state) - set(own))
-        if unknown:
-            raise KeyError(
-                f"init_from '{ckpt_path}' has {len(unknown)} weights this model lacks, e.g. {unknown[:3]}; "
-                "use the same encoder/projector/llm/lora choices as the previous stage"
-            )
+        provenance.check(checkpoint, self, provenance.INIT_FROM, ckpt_path)  # before any weight moves
+        previous_lora = (provenance.hyper_parameters(checkpoint).get("model") or {}).get("lora")
+        state = handoff_state(
+            checkpoint["state_dict"], self.state_dict(), previous_lora=previous_lora,
+            own_lora=self.vlm.llm.lora_config, mode=self.handoff_lora, hf_config=self.vlm.llm.model.config,
+            ckpt_path=str(ckpt_path), lora_option=provenance.option_name("lora", previous_lora),
+        )
         self.vlm.llm.load_added_rows(checkpoint.get(ADDED_ROWS_KEY, {}))
         self.load_state_dict(state, strict=False)
         self.saved_keys |= set(state)
-        rank_zero_info(f"initialised {len(state)} tensors from previous stage {ckpt_path}")
+        rank_zero_info(f"initialised {len(state)} tensors from previous stage {ckpt_path} "
+                       f"(its LoRA adapters: {self.handoff_lora})")
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -233,6 +248,7 @@ class VLMStage(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["stage_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint[provenance.PROVENANCE_KEY] = self.provenance
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self.saved_keys}
         # Embedding rows the LLM had to add for the image token (a tokenizer without spare rows): seeded, and
         # saved anyway, so a reload never depends on how they were initialised.
@@ -245,6 +261,8 @@ class VLMStage(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None:  # resuming (train.py checks local files before any work; this covers URLs)
+            provenance.check(checkpoint, self, provenance.RESUME, self._trainer.ckpt_path)
         missing = self.trainable_state_keys() - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} trainable weights, e.g. {sorted(missing)[:3]}")
@@ -284,7 +302,8 @@ class TunedStage(VLMStage):
     """
 
     def __init__(self, model: dict[str, Any], optim: dict[str, Any], train_encoder: bool = False,
-                 train_projector: bool = True, train_llm: bool = True, init_from: str | None = None) -> None:
+                 train_projector: bool = True, train_llm: bool = True, init_from: str | None = None,
+                 handoff_lora: str = "merge") -> None:
         super().__init__(model, train={"encoder": train_encoder, "projector": train_projector, "llm": train_llm},
-                         optim=optim, init_from=init_from)
+                         optim=optim, init_from=init_from, handoff_lora=handoff_lora)
         self.save_hyperparameters()
