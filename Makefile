@@ -1,13 +1,14 @@
-# Two commands that work on a fresh machine (see README):
+# Commands that work on a fresh machine (see README):
 #   make demo   install, then run the whole curriculum on the embedded default and evaluate it
 #   make test   install, then run the test suite
+#   make lint   install, then run ruff (pyproject.toml [tool.ruff]) over src and tests
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch/torchvision pinned to the builds that install from local disk here.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test clean
+.PHONY: install demo test lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src tests
 
 clean:
 	rm -rf $(VENV) outputs data .pytest_cache

@@ -123,7 +123,8 @@ def write_pmc_vqa(root: Path) -> Path:
     header = ["index", "Figure_path", "Caption", "Question", "Choice A", "Choice B", "Choice C", "Choice D",
               "Answer", "split"]
     write_csv(root / "train_2.csv", header, [
-        [0, "PMC1_F1.jpg", "cap", "What imaging modality is this?", "A:CT ", "B:MRI ", "C:X-ray ", "D:US ", "B", "train"],
+        [0, "PMC1_F1.jpg", "cap", "What imaging modality is this?", "A:CT ", "B:MRI ", "C:X-ray ", "D:US ", "B",
+         "train"],
         [1, "PMC1_F1.jpg", "cap", "Which organ?", "A:Liver", "B:Lung", "C:", "D:Brain", "C", "train"],  # empty choice
     ])
     write_csv(root / "test_2.csv", header, [
@@ -223,7 +224,8 @@ def write_iu_kaggle(root: Path) -> Path:
     return root
 
 
-MIMIC_REPORT = "FINAL REPORT\n EXAMINATION: CHEST (PA AND LAT)\n\n FINDINGS:\n {findings}\n\n IMPRESSION:\n {impression}\n"
+MIMIC_REPORT = ("FINAL REPORT\n EXAMINATION: CHEST (PA AND LAT)\n\n"
+                " FINDINGS:\n {findings}\n\n IMPRESSION:\n {impression}\n")
 
 
 def write_mimic(root: Path) -> dict:

@@ -64,7 +64,8 @@ class SinkHeads(nn.Module):
 
 def inputs(requires_grad: bool = False):
     gen = torch.Generator().manual_seed(0)
-    shapes = [(BATCH, HEADS, LENGTH, HEAD_DIM), (BATCH, KV_HEADS, LENGTH, HEAD_DIM), (BATCH, KV_HEADS, LENGTH, HEAD_DIM)]
+    shapes = [(BATCH, HEADS, LENGTH, HEAD_DIM), (BATCH, KV_HEADS, LENGTH, HEAD_DIM),
+              (BATCH, KV_HEADS, LENGTH, HEAD_DIM)]
     q, k, v = (torch.randn(*s, generator=gen).requires_grad_(requires_grad) for s in shapes)
     return q, k, v, torch.randn(HEADS, generator=gen) * 2
 

@@ -88,7 +88,8 @@ def spec(tokenizer) -> ModelInputSpec:
 
 def record(image: str) -> dict:
     return {"id": f"r-{Path(image).name}", "image": image,
-            "conversations": [{"from": "human", "value": "<image>\nIs there a nodule?"}, {"from": "gpt", "value": "No."}]}
+            "conversations": [{"from": "human", "value": "<image>\nIs there a nodule?"},
+                              {"from": "gpt", "value": "No."}]}
 
 
 def test_training_and_evaluation_records_stay_inside_the_data_root(tmp_path, tiny_tokenizer):

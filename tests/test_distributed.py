@@ -98,8 +98,10 @@ def the_run_folder(root: Path) -> Path:
 def test_ddp_two_processes_write_one_run_folder(ddp_root):
     run = the_run_folder(ddp_root)
     # rank 1 logs beside rank 0 (Lightning names its Hydra job train_ddp_process_1) and writes nothing else
-    assert {"train.log", "train_ddp_process_1.log", "config.yaml", "csv", "checkpoints"} <= {p.name for p in run.iterdir()}
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step000002.ckpt", "step000004.ckpt"]
+    assert {"train.log", "train_ddp_process_1.log", "config.yaml", "csv", "checkpoints"} <= {
+        p.name for p in run.iterdir()}
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "last.ckpt", "step000002.ckpt", "step000004.ckpt"]
 
 
 @pytest.mark.slow

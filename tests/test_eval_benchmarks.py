@@ -67,8 +67,10 @@ def write_slake(root: Path) -> Path:
     base = {"img_id": 7, "img_name": "xmlab7/source.jpg", "location": "Lung", "modality": "X-Ray",
             "base_type": "vqa", "triple": ["vhead", "_", "_"], "content_type": "Modality"}
     dump(root / "test.json", [
-        {**base, "qid": 11, "question": "What modality is used?", "answer": "X-Ray", "q_lang": "en", "answer_type": "OPEN"},
-        {**base, "qid": 12, "question": "Is the lung healthy?", "answer": "No", "q_lang": "en", "answer_type": "CLOSED"},
+        {**base, "qid": 11, "question": "What modality is used?", "answer": "X-Ray", "q_lang": "en",
+         "answer_type": "OPEN"},
+        {**base, "qid": 12, "question": "Is the lung healthy?", "answer": "No", "q_lang": "en",
+         "answer_type": "CLOSED"},
         {**base, "qid": 13, "question": "Which organ is abnormal, heart or lung?", "answer": "Lung", "q_lang": "en",
          "answer_type": "CLOSED"},
         {**base, "qid": 14, "question": "这是什么模态?", "answer": "X-Ray", "q_lang": "zh", "answer_type": "OPEN"},
@@ -307,7 +309,8 @@ def test_mmlu_medbullets_pmc_vqa_csv_layouts(tmp_path):
 
 def test_mmmu_filters_medical_subjects_and_decodes_images(tmp_path):
     items = list(MMMU(write_mmmu(tmp_path / "mmmu"), name="mmmu_med", image_cache=str(tmp_path / "cache")).items())
-    assert [i.id for i in items] == ["mmmu_med-validation_Clinical_Medicine_1", "mmmu_med-validation_Clinical_Medicine_2"]
+    assert [i.id for i in items] == ["mmmu_med-validation_Clinical_Medicine_1",
+                                     "mmmu_med-validation_Clinical_Medicine_2"]
     item = items[0]
     assert item.options == {"A": "CT", "B": "MRI", "C": "X-ray", "D": "US"} and item.gold == "B"
     assert "<image 1>" not in item.question and len(item.images) == 1
@@ -316,7 +319,8 @@ def test_mmmu_filters_medical_subjects_and_decodes_images(tmp_path):
 
 def test_medframeqa_multi_frame(tmp_path):
     (item,) = MedFrameQA(write_medframeqa(tmp_path / "mf"), image_cache=str(tmp_path / "cache")).items()
-    assert len(item.images) == 2 and item.options["A"] == "grows" and item.groups == {"system": "Cardio", "modality": "US"}
+    assert len(item.images) == 2 and item.options["A"] == "grows"
+    assert item.groups == {"system": "Cardio", "modality": "US"}
 
 
 def test_iu_xray_reports_empty_findings_as_malformed(tmp_path):
@@ -381,8 +385,9 @@ def test_medsynth_limit_per_task_and_finding_f1(medsynth_dir, tmp_path):
         MedSynth(medsynth_dir / "medsynth", limit_per_task=-1)
 
 
-@pytest.mark.parametrize("cls,expected", [(VQARAD, "testset.json"), (SLAKE, "test.json"), (MedQA, "phrases_no_exclude"),
-                                          (IUXray, "annotation.json"), (MMMU, "validation-"), (PubMedQA, "ori_pqal.json")])
+@pytest.mark.parametrize("cls,expected", [(VQARAD, "testset.json"), (SLAKE, "test.json"),
+                                          (MedQA, "phrases_no_exclude"), (IUXray, "annotation.json"),
+                                          (MMMU, "validation-"), (PubMedQA, "ori_pqal.json")])
 def test_wrong_root_fails_at_once_with_the_expected_layout(tmp_path, cls, expected):
     with pytest.raises(BenchmarkLayoutError) as err:
         list(cls(tmp_path / "nowhere").items())

@@ -2,7 +2,15 @@
 
 import pytest
 
-from medgpt_oss.eval.chexpert import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN, chexpert_f1, label_report, load_phrases
+from medgpt_oss.eval.chexpert import (
+    NEGATIVE,
+    OBSERVATIONS,
+    POSITIVE,
+    UNCERTAIN,
+    chexpert_f1,
+    label_report,
+    load_phrases,
+)
 from medgpt_oss.eval.clinical import clinical_metrics
 from medgpt_oss.eval.metrics import accuracy_summary, bleu_scores, cider_d, report_metrics, report_tokens, rouge_l
 

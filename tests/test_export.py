@@ -19,7 +19,7 @@ from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoModelForI
 
 import medgpt_oss.models.hf  # noqa: F401  (registers our export class with the Auto classes)
 from medgpt_oss.data.conversation import HarmonyFormatter
-from medgpt_oss.data.datamodule import read_jsonl
+from medgpt_oss.data.jsonl import read_jsonl
 from medgpt_oss.data.images import ImageTransform, load_image
 from medgpt_oss.data.processor import SampleProcessor
 from medgpt_oss.export import ExportError, export
@@ -199,7 +199,8 @@ def test_exported_tokenizer_and_image_processor_reproduce_the_training_inputs(al
     expected = HarmonyFormatter(spec.tokenizer, spec.image_token, spec.tokens_per_image, chat=spec.chat).tokenize(
         "q", [{"from": "human", "value": "<image>\nIs there a nodule?"}, {"from": "gpt", "value": "yes"}], 1,
         for_generation=True).input_ids
-    for content in ("<image>\nIs there a nodule?", [{"type": "image"}, {"type": "text", "text": "\nIs there a nodule?"}]):
+    for content in ("<image>\nIs there a nodule?",
+                    [{"type": "image"}, {"type": "text", "text": "\nIs there a nodule?"}]):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                             return_dict=True)["input_ids"]
         assert ids == expected.tolist()
@@ -230,7 +231,8 @@ def test_an_export_reloads_as_a_medvlm_for_code_written_against_it(align_run, cl
     assert (got.image_token, got.tokens_per_image, got.image_size, got.image_mean, got.image_std, got.chat) == (
         expected.image_token, expected.tokens_per_image, expected.image_size, expected.image_mean,
         expected.image_std, expected.chat)
-    assert got.tokenizer.get_vocab() == expected.tokenizer.get_vocab() and vlm.image_token_id == stage.vlm.image_token_id
+    assert got.tokenizer.get_vocab() == expected.tokenizer.get_vocab()
+    assert vlm.image_token_id == stage.vlm.image_token_id
     batch = _batch(stage, medsynth_dir)
     torch.testing.assert_close(_logits(vlm, batch), _logits(stage.vlm, batch))
 

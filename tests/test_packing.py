@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from medgpt_oss.data.conversation import IGNORE_INDEX
-from medgpt_oss.data.datamodule import read_jsonl
+from medgpt_oss.data.jsonl import read_jsonl
 from medgpt_oss.data.packing import PackedBatchSampler, pack, plan_rows, plan_window
 from medgpt_oss.data.processor import SampleProcessor
 from tests.test_vlm import tiny_vlm

@@ -20,7 +20,8 @@ def test_pipeline_trains_all_stages_in_order_and_writes_the_summary(tmp_path, me
                  f"paths.data_dir={medsynth_dir}", *small_data_overrides()]
     result = subprocess.run(
         [sys.executable, "-m", "medgpt_oss.pipeline", "recipe=tiny_demo", f"out_dir={out}",
-         "overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]", "recipe.evaluate.limit=4", "recipe.evaluate.batch_size=4"],
+         "overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]",
+         "recipe.evaluate.limit=4", "recipe.evaluate.batch_size=4"],
         cwd=tmp_path, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

@@ -42,8 +42,9 @@ def test_plan_names_the_experts_attention_and_embedding_on_the_gpt_oss_structure
     assert plan.total == sum(p.numel() for p in model.parameters())
     # router, norms, sinks, biases and the output head stay as they are
     assert not any("router" in n or "norm" in n or "sinks" in n or "lm_head" in n for n in plan.tensors)
+    experts = ("experts.gate_up_proj", "experts.down_proj")
     assert Q.quantization_plan(model, ["experts"]).by_target() == {
-        "experts": sum(p.numel() for n, p in params.items() if n.endswith(("experts.gate_up_proj", "experts.down_proj")))}
+        "experts": sum(p.numel() for n, p in params.items() if n.endswith(experts))}
 
 
 def test_quantize_model_stores_exactly_the_planned_tensors_in_4bit():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -251,8 +250,8 @@ def test_trainer_resume_from_checkpoint_continues_the_stream(prepared, medsynth_
         return next(c for c in trainer.callbacks if isinstance(c, RecordIds)), trainer
 
     # Validation every 2 steps (one finite pass over val) must not disturb the training stream.
-    straight, trainer = fit(tmp_path / "straight", "trainer.val_check_interval=2", "trainer.check_val_every_n_epoch=null",
-                            "trainer.limit_val_batches=null")
+    straight, trainer = fit(tmp_path / "straight", "trainer.val_check_interval=2",
+                            "trainer.check_val_every_n_epoch=null", "trainer.limit_val_batches=null")
     assert trainer.global_step == 6 and len(straight.ids) == 6
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
     head, _ = fit(tmp_path / "stopped", stop=3)

@@ -1,4 +1,5 @@
-"""InternVL-style dynamic tiling: the grid choice, the tiles, and tiles flowing through tokens into a real tiny model."""
+"""InternVL-style dynamic tiling: the grid choice, the tiles, and tiles flowing through tokens into a real tiny
+model."""
 
 from __future__ import annotations
 
@@ -98,8 +99,9 @@ def vlm():
 
 def write_record(root: Path) -> dict:
     rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 255, (64, 256, 3), dtype=np.uint8)).save(root / "wide.png")  # 4:1 -> 4 tiles + thumb
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "small.png")  # 1 tile
+    # wide.png is 4:1 -> 4 tiles + thumbnail; small.png -> 1 tile
+    Image.fromarray(rng.integers(0, 255, (64, 256, 3), dtype=np.uint8)).save(root / "wide.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "small.png")
     return {"id": "tiled-1", "image": ["wide.png", "small.png"], "conversations": [
         {"from": "human", "value": "<image>\nCompare with the prior <image>."},
         {"from": "gpt", "value": "The nodule in the right upper lobe is new."}]}

@@ -1,7 +1,8 @@
 """Evaluate a checkpoint (or answers produced elsewhere) on medical benchmarks.
 
     python -m medgpt_oss.evaluate ckpt=<stage .ckpt> benchmark=vqa_rad benchmark.root=/data/vqa_rad
-    python -m medgpt_oss.evaluate ckpt=<ckpt> 'benchmark=[vqa_rad,slake]' benchmark.vqa_rad.root=... benchmark.slake.root=...
+    python -m medgpt_oss.evaluate ckpt=<ckpt> 'benchmark=[vqa_rad,slake]' \\
+        benchmark.vqa_rad.root=... benchmark.slake.root=...
     python -m medgpt_oss.evaluate -m ckpt=<ckpt> benchmark=vqa_rad,slake,medqa          # one job per benchmark
     python -m medgpt_oss.evaluate benchmark=medqa predictions=answers.jsonl               # no model: score {id, output}
     torchrun --nproc_per_node=4 -m medgpt_oss.evaluate ckpt=<ckpt> benchmark=medqa hydra.run.dir=<shared folder>
@@ -188,7 +189,8 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
         if name in summaries and blank_key in summaries:
             ablations[name] = {
                 "with_images": name, "blanked": blank_key,
-                "metrics": image_ablation(benchmark, read_jsonl_rows(out_dir / name), read_jsonl_rows(out_dir / blank_key),
+                "metrics": image_ablation(benchmark, read_jsonl_rows(out_dir / name),
+                                          read_jsonl_rows(out_dir / blank_key),
                                           summaries[name], summaries[blank_key], bootstrap)}
         elif mode != "normal" and name in summaries:
             ablations[name] = {"skipped": "text only: no item has an image, nothing to blank (run once)"}
@@ -201,7 +203,8 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     meta = {**resolved, "world_size": world, "seconds": round(time.time() - start, 1), "images_mode": mode,
             **({"predictions_check": predictions_check} if predictions_check is not None else {}),
             "bootstrap": {**bootstrap, "level": 0.95, "method": "percentile bootstrap over items"},
-            "command": "python -m medgpt_oss.evaluate " + " ".join(sys.argv[1:]), "prompt_templates": "prompts.json", "config": "config.yaml"}
+            "command": "python -m medgpt_oss.evaluate " + " ".join(sys.argv[1:]),
+            "prompt_templates": "prompts.json", "config": "config.yaml"}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     write_results(out_dir, summaries, meta, images_blanked=ablations or None)
     print((out_dir / "results.md").read_text())

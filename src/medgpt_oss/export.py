@@ -240,7 +240,8 @@ import medgpt_oss.models.hf  # registers this model type with transformers' Auto
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-model = AutoModelForImageTextToText.from_pretrained("<this folder>"){load_adapter}tokenizer = AutoTokenizer.from_pretrained("<this folder>")
+model = AutoModelForImageTextToText.from_pretrained("<this folder>"){load_adapter}
+tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 processor = AutoImageProcessor.from_pretrained("<this folder>")
 
 messages = [{{"role": "user", "content": "<image>\\nIs there a nodule?"}}]
@@ -258,6 +259,8 @@ package (`pip install medgpt-oss`); each `<image>` becomes {tokens} image tokens
 def model_card(vlm: Any, source: dict[str, Any], adapter: bool = False, not_llava: str | None = None) -> str:
     """The export's README.md; ``not_llava``: why the model is not written as LLaVA (``None``: it is)."""
     encoder, projector, chat = vlm.encoder, vlm.projector, vlm.llm.chat
+    encoder_row = (f"`{encoder.pretrained_id}` (`{type(encoder).__name__}`, {encoder.image_size} px, "
+                   f"feature layer {encoder.feature_layer})")
     lora = source.get("lora")
     lora_line = ("none" if not lora else f"rank {lora.get('rank')} on {lora.get('target_modules')}, "
                  + ("merged into the weights" if source.get("lora_merged") else "kept separate in `lora_adapter/`"))
@@ -266,7 +269,7 @@ def model_card(vlm: Any, source: dict[str, Any], adapter: bool = False, not_llav
         architecture = "`LlavaForConditionalGeneration` (transformers)"
     else:
         load_adapter = ("\nfrom medgpt_oss.models.hf import attach_lora_adapter\nattach_lora_adapter(model)  "
-                        "# adds lora_adapter/\n" if adapter else "\n")
+                        "# adds lora_adapter/" if adapter else "")
         use = _MEDGPT_OSS_USE.format(load_adapter=load_adapter, why=not_llava, tokens=vlm.tokens_per_image)
         architecture = "`MedVLMForConditionalGeneration` (medgpt-oss)"
     return f"""---
@@ -283,7 +286,7 @@ vision encoder -> projector -> LLM, images spliced into the text as runs of `{vl
 | part | base |
 |---|---|
 | architecture | {architecture} |
-| vision encoder | `{encoder.pretrained_id}` (`{type(encoder).__name__}`, {encoder.image_size} px, feature layer {encoder.feature_layer}) |
+| vision encoder | {encoder_row} |
 | projector | `{type(projector).__name__}` ({vlm.tokens_per_image} tokens per image) |
 | LLM | `{source.get('llm_pretrained', '?')}` (`{vlm.llm.model.config.model_type}`) |
 | LoRA | {lora_line} |

@@ -92,7 +92,8 @@ def build_meta(cfg: DictConfig):
         projector = hydra.utils.instantiate(cfg.projector)(in_dim=encoder.hidden_size, out_dim=llm.hidden_size)
     vlm = MedVLM(encoder, projector, llm)
     stage = cfg.stage
-    vlm.set_trainable(encoder=bool(stage.get("train_encoder", False)), projector=bool(stage.get("train_projector", True)),
+    vlm.set_trainable(encoder=bool(stage.get("train_encoder", False)),
+                      projector=bool(stage.get("train_projector", True)),
                       llm=bool(stage.get("train_llm", False)))
     plan = quantization_plan(llm.model, targets) if targets else None
     return vlm, plan

@@ -109,7 +109,8 @@ class TrainedOnlyFSDPStrategy(FSDPStrategy):
             missing = saved - set(module_state["model"])
             if missing:
                 raise KeyError(
-                    f"sharded checkpoint '{path}' has {len(missing)} weights this model lacks, e.g. {sorted(missing)[:3]}"
+                    f"sharded checkpoint '{path}' has {len(missing)} weights this model lacks, "
+                    f"e.g. {sorted(missing)[:3]}"
                 )
             _distributed_checkpoint_load(module_state, path)
             self.model.load_state_dict(module_state["model"], strict=False)

@@ -18,6 +18,7 @@ recomputed; the vision tower and attention scores are not counted. Prints one JS
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import threading
@@ -176,7 +177,7 @@ def run_ours(cfg: DictConfig, device: torch.device, dtype: torch.dtype, attn: st
     llm_config = vlm.llm.model.config
     batch = packed_batch(cfg, vlm.image_token_id, vlm.tokens_per_image, vlm.encoder.image_size,
                          llm_config.vocab_size, device, dtype)
-    step = optimizer_step([p for p in stage.parameters() if p.requires_grad], lambda: stage._loss(batch))
+    step = optimizer_step([p for p in stage.parameters() if p.requires_grad], functools.partial(stage._loss, batch))
     result = time_steps(step, cfg, device)
     result.update(attn_implementation=attn, loss_chunk_size=vlm.llm.loss_chunk_size,
                   experts_implementation=getattr(llm_config, "_experts_implementation", None),
@@ -206,7 +207,7 @@ def run_baseline(cfg: DictConfig, llm_shape: dict[str, Any], batch: dict[str, to
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
-    step = optimizer_step(params, lambda: model(**batch, use_cache=False).loss)
+    step = optimizer_step(params, lambda model=model: model(**batch, use_cache=False).loss)
     result = time_steps(step, cfg, device)
     result.update(attn_implementation="eager", loss_chunk_size=None,
                   experts_implementation=getattr(model.config, "_experts_implementation", None))

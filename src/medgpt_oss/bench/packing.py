@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--pack-lengths", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--lookahead", type=int, default=1024)
-    parser.add_argument("--tokens-per-image", type=int, default=64, help="64: mlp2x_gelu at tiny scale; 16: pixel_shuffle")
+    parser.add_argument("--tokens-per-image", type=int, default=64,
+                        help="64: mlp2x_gelu at tiny scale; 16: pixel_shuffle")
     parser.add_argument("--figure", type=Path, default=None, help="write the fills as a bar chart (PNG) here")
     args = parser.parse_args()
     ensure_medsynth(args.root)
@@ -115,7 +116,8 @@ def main() -> None:
                                                 "samples_longer_than_row": len(lengths) - len(fits)}
             print(f"{stage:9s} rows of {pack_length:6d}: samples={len(fits)} (+{len(lengths) - len(fits)} longer) "
                   f"mean={sum(lengths) / len(lengths):.0f} max={max(lengths)} tokens; useful: padded "
-                  f"{fills['useful_fraction_padded']:.1%}, packed per batch {fills['useful_fraction_batch_packed']:.1%}, "
+                  f"{fills['useful_fraction_padded']:.1%}, "
+                  f"packed per batch {fills['useful_fraction_batch_packed']:.1%}, "
                   f"planned (lookahead {args.lookahead}) {fills['useful_fraction_packed']:.1%}")
     if args.figure is not None:
         draw(results, args.pack_lengths, args.lookahead, args.tokens_per_image, args.figure)

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medgpt_oss.data.conversation import IGNORE_INDEX
-from medgpt_oss.data.jsonl import read_jsonl, read_records
+from medgpt_oss.data.jsonl import read_records
 from medgpt_oss.data.packing import PackedBatchSampler
 from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
 from medgpt_oss.data.sources.base import BadField, file_names, has_bad_text
@@ -43,8 +43,8 @@ class ConversationDataset(Dataset):
         self.records = kept
         if not self.records:
             found = sorted({str(r.get("task")) for r in records})
-            raise ValueError(f"'{path}' has no usable records of tasks {list(tasks or [])}; it has tasks {found}"
-                             + (f"; {len(self.problems)} bad records, e.g. {self.problems[0]}" if self.problems else ""))
+            bad = f"; {len(self.problems)} bad records, e.g. {self.problems[0]}" if self.problems else ""
+            raise ValueError(f"'{path}' has no usable records of tasks {list(tasks or [])}; it has tasks {found}{bad}")
         self.processor, self.strict = processor, strict
 
     def __len__(self) -> int:
@@ -296,12 +296,14 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
                 "world_size": self.train_sampler.num_replicas}
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"seed": self.seed, "skipped_total": self.skipped_total, "empty_batches_total": self.empty_batches_total}
+        state = {"seed": self.seed, "skipped_total": self.skipped_total,
+                 "empty_batches_total": self.empty_batches_total}
         sampler = self.train_sampler
         if isinstance(sampler, PackedBatchSampler):
             return {**state, "train_packed_position": [sampler.epoch, sampler.batches_done], "packing": self._packing()}
         if isinstance(self._consumed_to_restore, tuple):  # restored, not trained yet: keep what was restored
-            return {**state, "train_packed_position": list(self._consumed_to_restore), "packing": self._restored_packing}
+            return {**state, "train_packed_position": list(self._consumed_to_restore),
+                    "packing": self._restored_packing}
         consumed = sampler.consumed if sampler is not None else self._consumed_to_restore
         return {**state, "train_samples_consumed": consumed}
 

@@ -73,7 +73,8 @@ class DicomOptions:
             windows = CT_WINDOW_PRESETS[windows]
         pairs = tuple((float(c), float(w)) for c, w in windows)
         if len(pairs) != 3 or any(w <= 0 for _, w in pairs):
-            raise ValueError(f"dicom ct_windows={self.ct_windows!r}: need three [center, width>0] pairs, one per R, G, B")
+            raise ValueError(f"dicom ct_windows={self.ct_windows!r}: "
+                             "need three [center, width>0] pairs, one per R, G, B")
         object.__setattr__(self, "ct_windows", pairs)
 
     @classmethod
@@ -111,7 +112,8 @@ def read_dicom(source: ImageSource, frames: FramePolicy = "middle",
     return read_dicom_frames(source, DicomOptions(frames, _as_tuple(ct_windows)))[0]
 
 
-def read_dicom_frames(source: ImageSource, options: DicomOptions | Mapping[str, Any] | None = None) -> list[Image.Image]:
+def read_dicom_frames(source: ImageSource,
+                      options: DicomOptions | Mapping[str, Any] | None = None) -> list[Image.Image]:
     """The frames chosen by ``options.frames``, each as 8-bit RGB."""
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -122,7 +124,8 @@ def read_dicom_frames(source: ImageSource, options: DicomOptions | Mapping[str, 
     try:
         ds = pydicom.dcmread(source)
     except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
-        raise DicomError(name, "unreadable", f"cannot be parsed ({exc})", "check that it is a complete DICOM file") from exc
+        raise DicomError(name, "unreadable", f"cannot be parsed ({exc})",
+                         "check that it is a complete DICOM file") from exc
     if "PixelData" not in ds:
         if _ends_mid_element(ds):  # pydicom stops quietly at the end of a cut file
             raise DicomError(name, "truncated", "ends in the middle of an element, before any pixel data "

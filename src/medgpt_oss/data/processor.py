@@ -149,8 +149,10 @@ class SampleProcessor:
         skipped = [f"{s['id']}: {s['skipped']}" for s in samples if "skipped" in s]
         if not kept:  # every sample was bad: an empty batch the stage skips (nothing is supervised)
             size = self.transform.size
-            batch = {"ids": [], "input_ids": torch.full((0, 1), self.pad_id), "labels": torch.full((0, 1), IGNORE_INDEX),
-                     "attention_mask": torch.zeros((0, 1), dtype=torch.long), "pixel_values": torch.empty(0, 3, size, size)}
+            batch = {"ids": [], "input_ids": torch.full((0, 1), self.pad_id),
+                     "labels": torch.full((0, 1), IGNORE_INDEX),
+                     "attention_mask": torch.zeros((0, 1), dtype=torch.long),
+                     "pixel_values": torch.empty(0, 3, size, size)}
         elif pack_length:
             batch = pack(kept, pack_length, self.pad_id)
         else:

@@ -347,7 +347,8 @@ def render_pathology(f: dict, size: int, rng: np.random.Generator) -> Image.Imag
         dx = c.X[:, x0:x1] - xs[i]
         dy = c.Y[y0:y1, :] - ys[i]
         theta = np.arctan2(dy, dx)
-        rr = r0[i] * (1.0 + wobble[i, 0] * np.cos(2 * theta + phase[i, 0]) + wobble[i, 1] * np.cos(3 * theta + phase[i, 1]))
+        rr = r0[i] * (1.0 + wobble[i, 0] * np.cos(2 * theta + phase[i, 0])
+                      + wobble[i, 1] * np.cos(3 * theta + phase[i, 1]))
         m = c.soft(rr - np.sqrt(dx * dx + dy * dy)) * 0.92
         alpha[y0:y1, x0:x1] = np.maximum(alpha[y0:y1, x0:x1], m)
     alpha = alpha * (1.0 - 0.15 * np.clip(_smooth_noise(rng, size, 24), 0, 1))  # chromatin texture
@@ -692,7 +693,8 @@ def case_records(case: dict[str, Any], seed: int, images: dict[str, str]) -> lis
     # open questions about a present finding
     if m == "cxr":
         if f["nodule"]:
-            rec("open-nodule-side", main, _conv("<image>\nWhich side is the nodule on?", _cap(f["nodule"]["side"]) + "."),
+            rec("open-nodule-side", main,
+                _conv("<image>\nWhich side is the nodule on?", _cap(f["nodule"]["side"]) + "."),
                 "open", answer=f["nodule"]["side"])
             rec("open-nodule-size", main, _conv("<image>\nHow large is the nodule?", _cap(f["nodule"]["size"]) + "."),
                 "open", answer=f["nodule"]["size"])

@@ -19,7 +19,8 @@ def candidate_grids(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
     """All (columns, rows) with min_tiles <= columns * rows <= max_tiles, fewest tiles first."""
     if not 1 <= min_tiles <= max_tiles:
         raise ValueError(f"need 1 <= min_tiles <= max_tiles, got {min_tiles}, {max_tiles}")
-    grids = {(i, j) for i in range(1, max_tiles + 1) for j in range(1, max_tiles + 1) if min_tiles <= i * j <= max_tiles}
+    grids = {(i, j) for i in range(1, max_tiles + 1) for j in range(1, max_tiles + 1)
+             if min_tiles <= i * j <= max_tiles}
     return sorted(grids, key=lambda g: (g[0] * g[1], g[0]))
 
 

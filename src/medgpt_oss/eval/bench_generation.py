@@ -21,7 +21,8 @@ from PIL import Image
 
 QUESTIONS = ("Is there a nodule?", "Which side is the pleural effusion on?",
              "What is the imaging modality of this image? Answer with one word.",
-             "Describe the image briefly.", "Is the heart enlarged? Answer yes or no, then explain why in one sentence.")
+             "Describe the image briefly.",
+             "Is the heart enlarged? Answer yes or no, then explain why in one sentence.")
 
 
 def tiny_vlm(encoder: str = "clip", projector: str = "mlp2x_gelu"):

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-REPORT_COLUMNS = (("bleu_1", "BLEU-1"), ("bleu_4", "BLEU-4"), ("rouge_l", "ROUGE-L"), ("cider_d", "CIDEr-D"), ("meteor", "METEOR"),
-                  ("chexpert_micro_f1", "CheXpert micro-F1"), ("chexpert_macro_f1", "CheXpert macro-F1"),
+REPORT_COLUMNS = (("bleu_1", "BLEU-1"), ("bleu_4", "BLEU-4"), ("rouge_l", "ROUGE-L"), ("cider_d", "CIDEr-D"),
+                  ("meteor", "METEOR"), ("chexpert_micro_f1", "CheXpert micro-F1"),
+                  ("chexpert_macro_f1", "CheXpert macro-F1"),
                   ("radgraph_f1", "RadGraph-F1"), ("ratescore", "RaTEScore"), ("inv_radcliq_v1", "1/RadCliQ-v1"))
 
 
@@ -53,7 +54,8 @@ def markdown_table(summaries: dict[str, dict[str, Any]]) -> str:
                   "|---|---|" + "---|" * len(REPORT_COLUMNS)]
         lines += [f"| {name} | {s['n_scored']} / {s['n_items']} | "
                   + " | ".join(_with_ci(s, k) for k, _ in REPORT_COLUMNS) + " |" for name, s in reports.items()]
-        conventions = sorted({s["report_metrics_convention"] for s in reports.values() if "report_metrics_convention" in s})
+        conventions = sorted({s["report_metrics_convention"] for s in reports.values()
+                              if "report_metrics_convention" in s})
         if conventions:
             lines += ["", f"Lexical metrics: {', '.join(conventions)} convention (docs/evaluation.md, Report metrics)"]
         if any(f"{k}_ci95" in s for s in reports.values() for k, _ in REPORT_COLUMNS):
@@ -89,7 +91,8 @@ def ablation_table(ablations: dict[str, dict[str, Any]]) -> str:
              ("Each image benchmark answered twice: with its images, and with every image replaced by the same "
               "black image (same prompts and tokens). Accuracy in %, differences in percentage points; "
               "[low–high]: 95% paired bootstrap interval over the items scored in both runs."), "",
-             "| benchmark | metric | n | with images | blanked | with − blanked | 95% CI |", "|---|---|---|---|---|---|---|"]
+             "| benchmark | metric | n | with images | blanked | with − blanked | 95% CI |",
+             "|---|---|---|---|---|---|---|"]
     skipped = []
     for name, ablation in ablations.items():
         if "skipped" in ablation:
@@ -99,7 +102,8 @@ def ablation_table(ablations: dict[str, dict[str, Any]]) -> str:
             ci = m.get("images_minus_blanked_ci95")
             ci_text = f"{_signed(metric, ci[0])} to {_signed(metric, ci[1])}" if ci else "–"
             lines.append(f"| {name} | {metric} | {m.get('n', '–')} | {_plain(metric, m['images'])} "
-                         f"| {_plain(metric, m['blanked'])} | {_signed(metric, m['images_minus_blanked'])} | {ci_text} |")
+                         f"| {_plain(metric, m['blanked'])} | {_signed(metric, m['images_minus_blanked'])} "
+                         f"| {ci_text} |")
     return "\n".join(lines + ([""] + skipped if skipped else [])) + "\n"
 
 

@@ -162,7 +162,8 @@ class ModelAnswerer:
 
 
 def score_shard(benchmark: Benchmark, items: list[tuple[int, EvalItem | MalformedItem]], opts: RunOptions,
-                answer: ModelAnswerer | None = None, predictions: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+                answer: ModelAnswerer | None = None,
+                predictions: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Scored rows of this rank's items, answered by the model or looked up in ``predictions``."""
     prompts = {**opts.prompts, **benchmark.prompts}
     work = [(item, build_prompt(item, prompts)) for _, item in items if isinstance(item, EvalItem)]
@@ -307,7 +308,8 @@ def check_unique_ids(name: str, items: list[EvalItem | MalformedItem]) -> None:
 
 def run_benchmark(benchmark: Benchmark, opts: RunOptions, answer: ModelAnswerer | None = None,
                   predictions: Mapping[str, str] | None = None,
-                  items: list[EvalItem | MalformedItem] | None = None, folder: str | None = None) -> dict[str, Any] | None:
+                  items: list[EvalItem | MalformedItem] | None = None,
+                  folder: str | None = None) -> dict[str, Any] | None:
     """Score this rank's share; on rank 0 merge and return the summary (other ranks return None).
 
     ``items``: the benchmark's items when the caller has read them already (else read here).

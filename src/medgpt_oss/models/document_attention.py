@@ -47,7 +47,8 @@ class SampleSpans:
         keep = q >= q.T
         if self.sliding_window:
             keep &= q - q.T < self.sliding_window  # a query sees itself and window - 1 keys before it
-        return torch.zeros(length, length, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)[None, None]
+        mask = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)
+        return mask[None, None]
 
 
 def _model_eager_attention(module: nn.Module):

@@ -158,7 +158,8 @@ def medvlm_from_llava(path: str | Path, **from_pretrained_kwargs: Any):
         raise ValueError(f"'{path}': a LLaVA vision tower of type {vision.model_type!r} is not one of ours")
     processor = _read_json(Path(path) / "processor_config.json")
     image = processor.get("image_processor") or _read_json(Path(path) / "preprocessor_config.json")
-    encoder = encoder_cls(pretrained=str(path), tower=llava.model.vision_tower, feature_layer=config.vision_feature_layer,
+    encoder = encoder_cls(pretrained=str(path), tower=llava.model.vision_tower,
+                          feature_layer=config.vision_feature_layer,
                           image_mean=image.get("image_mean"), image_std=image.get("image_std"))
     projector = MLPProjector(vision.hidden_size, config.text_config.hidden_size)
     projector.mlp[0] = llava.model.multi_modal_projector.linear_1

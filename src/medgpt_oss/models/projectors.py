@@ -56,7 +56,8 @@ class PixelShuffleProjector(Projector):
         super().__init__()
         self.factor = factor
         folded = in_dim * factor * factor
-        self.mlp = nn.Sequential(nn.LayerNorm(folded), nn.Linear(folded, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        self.mlp = nn.Sequential(nn.LayerNorm(folded), nn.Linear(folded, out_dim), nn.GELU(),
+                                 nn.Linear(out_dim, out_dim))
 
     def output_tokens(self, num_tokens: int) -> int:
         side = math.isqrt(num_tokens)

@@ -374,8 +374,9 @@ class NF4Embedding(nn.Module):
         import bitsandbytes.functional as bnbf
 
         flat = input_ids.reshape(-1)
-        state = bnbf.QuantState(absmax=self.absmax[flat].reshape(-1), shape=torch.Size((flat.numel(), self.embedding_dim)),
-                                code=self.code, blocksize=BLOCKSIZE, quant_type="nf4", dtype=self.dtype)
+        state = bnbf.QuantState(absmax=self.absmax[flat].reshape(-1),
+                                shape=torch.Size((flat.numel(), self.embedding_dim)), code=self.code,
+                                blocksize=BLOCKSIZE, quant_type="nf4", dtype=self.dtype)
         rows = bnbf.dequantize_4bit(self.packed[flat].reshape(-1, 1), state)
         out = rows.reshape(*input_ids.shape, self.embedding_dim)
         return out * self.scale.to(out.dtype) if isinstance(self.scale, torch.Tensor) else out

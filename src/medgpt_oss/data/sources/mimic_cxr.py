@@ -12,7 +12,8 @@ from medgpt_oss.eval.benchmarks.reports import report_section
 
 FRONTAL, LATERAL = ("PA", "AP"), ("LATERAL", "LL")
 PROMPT = "Write the {section} section of the radiology report for this chest X-ray."
-MULTIVIEW_PROMPT = "These are the frontal and lateral views of a chest X-ray. Write the {section} section of the radiology report."
+MULTIVIEW_PROMPT = ("These are the frontal and lateral views of a chest X-ray. "
+                    "Write the {section} section of the radiology report.")
 TASKS = ("report", "multiview_report", "longitudinal")
 SPLIT_NAMES = {"train": "train", "validate": "val", "val": "val", "test": "test"}
 
@@ -76,8 +77,8 @@ class _StudySamples(Source):
                 yield SourceRecord(f"{rid}-report", "report", s.split, turns(f"<image>\n{prompt}", s.report),
                                    [frontal], {**meta, "views": ["frontal"]})
             if "multiview_report" in self.tasks and lateral is not None:
-                yield SourceRecord(f"{rid}-multiview", "multiview_report", s.split,
-                                   turns("<image>\n<image>\n" + MULTIVIEW_PROMPT.format(section=self.section), s.report),
+                multiview = "<image>\n<image>\n" + MULTIVIEW_PROMPT.format(section=self.section)
+                yield SourceRecord(f"{rid}-multiview", "multiview_report", s.split, turns(multiview, s.report),
                                    [frontal, lateral], {**meta, "views": ["frontal", "lateral"]})
             prior = priors.get(s.study_id)
             if prior is not None:
@@ -192,7 +193,8 @@ class MIMICCXRR2Gen(_StudySamples):
     """
 
     name = "mimic_cxr"
-    layout = """annotation.json                {train, val, test: [{id, study_id, subject_id, report, image_path, view?}]}
+    layout = """annotation.json                {train, val, test: [{id, study_id, subject_id, report, image_path,
+                                                      view?}]}
 images/<image_path>
 mimic-cxr-2.0.0-metadata.csv   (for longitudinal samples) StudyDate, StudyTime per study"""
     origin = "R2Gen's mimic_cxr annotation.json (github.com/zhjohnchan/R2Gen) + physionet.org/content/mimic-cxr-jpg/"

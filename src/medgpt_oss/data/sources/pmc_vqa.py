@@ -55,5 +55,6 @@ images/<Figure_path>"""
                                "give the answer as the letter of a non-empty choice", split)
                     continue
                 prompt = "<image>\n" + question + "\n" + "\n".join(f"{k}. {v}" for k, v in options.items())
-                yield SourceRecord(rid, "mcq", split, turns(prompt + "\n" + MCQ_INSTRUCTION, f"{letter}. {options[letter]}"),
+                yield SourceRecord(rid, "mcq", split,
+                                   turns(prompt + "\n" + MCQ_INSTRUCTION, f"{letter}. {options[letter]}"),
                                    [image_dir / figure], {"answer": letter, "options": options})

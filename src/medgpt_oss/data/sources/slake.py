@@ -22,7 +22,8 @@ class SLAKE(Source):
     """
 
     name = "slake"
-    layout = """train.json, validate.json, test.json   JSON lists of {img_name, question, answer, q_lang, answer_type, ...}
+    layout = """train.json, validate.json, test.json   JSON lists of {img_name, question, answer, q_lang,
+                                        answer_type, ...}
 imgs/xmlabN/source.jpg"""
     origin = "https://www.med-vqa.com/slake/ (SLAKE 1.0: Slake.zip with the JSON files and imgs/)"
 

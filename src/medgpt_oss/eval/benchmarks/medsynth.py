@@ -49,7 +49,8 @@ def _f1_of_sums(sums: Any, n: int) -> Any:
 
 
 class MedSynth(Benchmark):
-    layout = """test.jsonl                   MedSynth records {id, image, conversations, task, modality, answer, options}
+    layout = """test.jsonl                   MedSynth records {id, image, conversations, task, modality, answer,
+                                              options}
 images/...                   (generate with: python -m medgpt_oss.data.synthetic, or let synth= do it)"""
     origin = "generated locally by medgpt_oss.data.synthetic"
 

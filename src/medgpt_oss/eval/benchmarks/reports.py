@@ -25,7 +25,8 @@ def report_section(text: str, section: str) -> str | None:
 
 
 class IUXray(Benchmark):
-    layout = """annotation.json              R2Gen split: {train, val, test: [{id, report, image_path [frontal, lateral], split}]}
+    layout = """annotation.json              R2Gen split: {train, val, test: [{id, report,
+                                           image_path [frontal, lateral], split}]}
 images/<image_path>          e.g. images/CXR2384_IM-0942/0.png"""
     origin = "R2Gen's iu_xray release (annotation.json + images), built from Open-i (openi.nlm.nih.gov)"
 
@@ -67,7 +68,8 @@ mimic-cxr-2.0.0-metadata.csv official metadata: dicom_id, subject_id, study_id, 
         super().__init__(root, **kw)
         if section not in ("findings", "impression") or views not in ("frontal", "all"):
             raise ValueError("section must be findings|impression and views frontal|all")
-        self.split, self.section, self.views, self.with_prior, self.question = split, section, views, with_prior, question
+        self.split, self.section, self.views = split, section, views
+        self.with_prior, self.question = with_prior, question
 
     def _images(self, rec: dict[str, Any], views: str | None = None) -> list[str]:
         paths = list(rec.get("image_path") or [])

@@ -97,9 +97,10 @@ MMLU_MEDICAL = ("anatomy", "clinical_knowledge", "college_biology", "college_med
 
 
 class MMLUMed(Benchmark):
-    layout = """test/<subject>_test.csv      Hendrycks et al.'s release (data.tar: data/test/ works too): headerless CSV rows
-                             question, A, B, C, D, answer-letter; subjects: anatomy, clinical_knowledge,
-                             college_biology, college_medicine, medical_genetics, professional_medicine"""
+    layout = """test/<subject>_test.csv      Hendrycks et al.'s release (data.tar: data/test/ works too):
+                             headerless CSV rows question, A, B, C, D, answer-letter; subjects: anatomy,
+                             clinical_knowledge, college_biology, college_medicine, medical_genetics,
+                             professional_medicine"""
     origin = "https://github.com/hendrycks/test (data.tar linked from its README)"
 
     def __init__(self, root: str, subjects: tuple[str, ...] = MMLU_MEDICAL, **kw: Any) -> None:
@@ -135,7 +136,8 @@ class Medbullets(Benchmark):
         with open(path, newline="", encoding="utf-8") as fh:
             for i, row in enumerate(csv.DictReader(fh)):
                 item_id = f"medbullets-{i}"
-                options = {L: row[f"op{L.lower()}"].strip() for L in "ABCDE" if (row.get(f"op{L.lower()}") or "").strip()}
+                options = {L: row[f"op{L.lower()}"].strip() for L in "ABCDE"
+                           if (row.get(f"op{L.lower()}") or "").strip()}
                 gold = (row.get("answer_idx") or "").strip()
                 if not gold and row.get("answer"):  # fall back to the answer text
                     gold = next((k for k, v in options.items() if v == row["answer"].strip()), "")
