@@ -107,15 +107,79 @@ def ablation_table(ablations: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines + ([""] + skipped if skipped else [])) + "\n"
 
 
+BLANK_SUFFIX = "@blank"  # as medgpt_oss.eval.runner's (not imported: runner pulls in the model code)
+
+
+def published_figures(out_dir: Path) -> dict[str, Any] | None:
+    """``benchmark.published`` of the run's config.yaml (``benchmark=report_suite``): the report's numbers."""
+    config = out_dir / "config.yaml"
+    if not config.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    published = OmegaConf.select(OmegaConf.load(config), "benchmark.published", default=None)
+    return OmegaConf.to_container(published, resolve=True) if published is not None else None
+
+
+def published_rows(summaries: dict[str, dict[str, Any]], published: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per benchmark of ``published.figures`` (in %): ours with its interval, the blind score (images blanked)
+    with its interval where the benchmark has images, the published figure and ours − published (points)."""
+    metric = str(published.get("metric") or "accuracy")
+    rows = []
+    for name, figure in (published.get("figures") or {}).items():
+        ours, blind = summaries.get(name) or {}, summaries.get(name + BLANK_SUFFIX) or {}
+        value = ours.get(metric)
+        rows.append({"benchmark": name, "metric": metric, "published": figure, "n": ours.get("n_scored"),
+                     "ours": None if value is None else round(100 * value, 2),
+                     "ours_ci95": [round(100 * v, 2) for v in ours[f"{metric}_ci95"]]
+                     if ours.get(f"{metric}_ci95") else None,
+                     "blind": None if blind.get(metric) is None else round(100 * blind[metric], 2),
+                     "blind_ci95": [round(100 * v, 2) for v in blind[f"{metric}_ci95"]]
+                     if blind.get(f"{metric}_ci95") else None,
+                     "ours_minus_published": None if value is None or figure is None
+                     else round(100 * value - float(figure), 2),
+                     "run": "scored" if name in summaries else "not run"})
+    return rows
+
+
+def published_table(rows: list[dict[str, Any]], source: str | None = None) -> str:
+    def num(v: Any, signed: bool = False) -> str:
+        return "–" if v is None else (f"{v:+.2f}" if signed else f"{v:.2f}")
+
+    def ci(v: Any) -> str:
+        return "–" if not v else f"{v[0]:.2f}–{v[1]:.2f}"
+
+    lines = ["## Published figures", "",
+             (f"Ours beside the report's published figure ({source or 'benchmark.published'}), in %; "
+              "[95% CI] over items; blind: every image blanked (images.mode=both; – for text-only "
+              "benchmarks or when not asked for); difference in percentage points."), "",
+             "| benchmark | n | ours | 95% CI | blind (images blanked) | 95% CI | published | ours − published |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["run"] != "scored":
+            lines.append(f"| {r['benchmark']} | – | not run | – | – | – | {num(r['published'])} | – |")
+            continue
+        lines.append(f"| {r['benchmark']} | {r['n'] if r['n'] is not None else '–'} | {num(r['ours'])} "
+                     f"| {ci(r['ours_ci95'])} | {num(r['blind'])} | {ci(r['blind_ci95'])} | {num(r['published'])} "
+                     f"| {num(r['ours_minus_published'], True)} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_results(out_dir: Path, summaries: dict[str, dict[str, Any]], meta: dict[str, Any],
                   images_blanked: dict[str, dict[str, Any]] | None = None) -> None:
     """``images_blanked``: per benchmark, the side-by-side of :func:`medgpt_oss.eval.runner.image_ablation`
-    (``images.mode=both``), written to summary.json under that key and to results.md as its own table."""
+    (``images.mode=both``), written to summary.json under that key and to results.md as its own table.
+    A run whose config names published figures (``benchmark.published``, e.g. ``benchmark=report_suite``)
+    also gets them beside ours: ``published`` in summary.json, "Published figures" first in results.md."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    published = published_figures(out_dir)
+    rows = published_rows(summaries, published) if published else None
     with open(out_dir / "summary.json", "w", encoding="utf-8") as fh:
         json.dump({"benchmarks": summaries, **({"images_blanked": images_blanked} if images_blanked else {}),
+                   **({"published": {"source": published.get("source"), "rows": rows}} if rows else {}),
                    "meta": meta}, fh, indent=2, ensure_ascii=False)
         fh.write("\n")
     header = f"# Evaluation results\n\ncheckpoint: `{meta.get('ckpt')}`  \npredictions: `{meta.get('predictions')}`\n\n"
-    body = markdown_table(summaries) + ("\n" + ablation_table(images_blanked) if images_blanked else "")
+    body = ((published_table(rows, published.get("source")) + "\n" if rows else "") + markdown_table(summaries)
+            + ("\n" + ablation_table(images_blanked) if images_blanked else ""))
     (out_dir / "results.md").write_text(header + body, encoding="utf-8")
