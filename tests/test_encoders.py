@@ -60,12 +60,34 @@ def pixels(n: int = 2, size: int = 64) -> torch.Tensor:
 def test_tiny_config_forward_shape(choice: str) -> None:
     enc = instantiate(encoder_cfg(choice))
     assert isinstance(enc, VisionEncoder)
-    assert (enc.image_size, enc.patch_size, enc.hidden_size) == (64, 8, 64)
-    assert enc.grid_size == 8 and enc.num_tokens == 64 and enc.num_layers == 2
+    size = 80 if choice == "medsiglip" else 64  # medsiglip: siglip's tower at a larger image, as the real pair
+    assert (enc.image_size, enc.patch_size, enc.hidden_size) == (size, 8, 64)
+    assert enc.grid_size == size // 8 and enc.num_tokens == (size // 8) ** 2 and enc.num_layers == 2
     assert enc.pretrained_id == OmegaConf.load(CONF / f"{choice}.yaml").pretrained
-    out = enc(pixels())
+    out = enc(pixels(size=size))
     assert out.shape == (2, enc.num_tokens, enc.hidden_size)
     assert torch.isfinite(out).all()
+
+
+def test_the_four_tiny_encoders_are_four_distinct_arms() -> None:
+    """A tiny encoder ablation compares four different encoders: no two tiny configs (class + tiny block) agree,
+    and siglip / medsiglip differ as the real ones do -- the same tower (patch, width, depth) at a larger image."""
+    import itertools
+
+    specs = {c: (OmegaConf.load(CONF / f"{c}.yaml")._target_, tiny_dict(c)) for c in CHOICES}
+    for a, b in itertools.combinations(CHOICES, 2):
+        assert specs[a] != specs[b], (a, b)
+    siglip, medsiglip = tiny_dict("siglip"), tiny_dict("medsiglip")
+    assert medsiglip["image_size"] > siglip["image_size"]
+    assert {k: v for k, v in medsiglip.items() if k != "image_size"} == {k: v for k, v in siglip.items()
+                                                                        if k != "image_size"}
+    outputs = {}
+    for choice in CHOICES:
+        enc = instantiate(encoder_cfg(choice))
+        outputs[choice] = enc(pixels(size=enc.image_size))
+        assert outputs[choice].shape == (2, enc.num_tokens, enc.hidden_size)
+        assert torch.isfinite(outputs[choice]).all()
+    assert outputs["medsiglip"].shape[1] > outputs["siglip"].shape[1]
 
 
 @pytest.mark.parametrize("choice", CHOICES)

@@ -9,8 +9,11 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
+import warnings
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +41,36 @@ def check_pretrained(cfg: DictConfig) -> None:
             problems.append(f"[{part}] {exc}")
     if problems:
         raise MissingWeightsError("\n\n".join(problems))
+
+
+class BrokenCheckpointError(ValueError):
+    """A checkpoint file that cannot be a complete checkpoint (empty, truncated, not a torch zip archive)."""
+
+
+def check_checkpoint_file(path: Any, option: str) -> None:
+    """Fail with the file's name and ``option`` (``ckpt_path``, ``init_from``) if ``path`` is a local file that
+    is not a complete torch checkpoint: zero bytes, cut short (a copy or download that stopped, a disk that
+    filled), or no zip archive at all. Reads only the archive's directory at its end, not the weights.
+    """
+    file = Path(str(path))
+    if not file.is_file():
+        return  # missing files and URLs: the loader's own error names them
+    size = file.stat().st_size
+    if size == 0:
+        raise BrokenCheckpointError(f"{option}: checkpoint '{file}' is empty (0 bytes) -- a save or copy that never "
+                                    f"completed; use another checkpoint, e.g. an earlier step*.ckpt next to it")
+    try:
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+            end = max((info.header_offset + info.compress_size for info in archive.infolist()), default=0)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise BrokenCheckpointError(
+            f"{option}: checkpoint '{file}' ({size:,} bytes) is truncated or corrupt, not a complete torch checkpoint "
+            f"({type(exc).__name__}: {exc}); use another checkpoint, e.g. an earlier step*.ckpt next to it") from None
+    if not any(name.endswith("data.pkl") for name in names) or end > size:
+        raise BrokenCheckpointError(
+            f"{option}: checkpoint '{file}' ({size:,} bytes) is not a complete torch checkpoint (no data.pkl, or its "
+            f"entries run past the end of the file); use another checkpoint, e.g. an earlier step*.ckpt next to it")
 
 
 class MissingExtraError(RuntimeError):
@@ -164,6 +197,9 @@ def train(cfg: DictConfig) -> tuple[Any, Any]:
     L.seed_everything(cfg.seed, workers=True)
     check_pretrained(cfg)
     check_strategy_available(cfg)
+    # An empty or cut-short checkpoint file is named here, in seconds, not deep inside torch.load.
+    check_checkpoint_file(cfg.get("ckpt_path"), "ckpt_path")
+    check_checkpoint_file(cfg.stage.get("init_from") or cfg.get("init_from"), "init_from")
     # QLoRA (lora.quantize): CUDA + bitsandbytes and the LoRA/quantization combination, before any model work.
     from medgpt_oss.models.quantize import QuantizationUnavailableError, check_quantization
     try:
@@ -176,20 +212,57 @@ def train(cfg: DictConfig) -> tuple[Any, Any]:
     # (a local file is read here first, so the refusal names it). A resume must rebuild the model the checkpoint
     # saved: checked before any data or trainer work (provenance.py; a URL is checked as Lightning loads it).
     ckpt_path = cfg.get("ckpt_path")
+    start_step = None
     if ckpt_path and Path(str(ckpt_path)).is_file():
-        check_provenance(load_checkpoint(ckpt_path), stage, RESUME, ckpt_path)
+        checkpoint = load_checkpoint(ckpt_path)
+        check_provenance(checkpoint, stage, RESUME, ckpt_path)
+        start_step = checkpoint.get("global_step")
+        del checkpoint
     datamodule = hydra.utils.instantiate(cfg.data, input_spec=stage.vlm.input_spec())
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=_instantiate_all(cfg.get("logger")) or False,
-        callbacks=_instantiate_all(cfg.get("callbacks")),
+        callbacks=_with_step_progress_bar(cfg, _instantiate_all(cfg.get("callbacks"))),
         strategy=build_strategy(cfg, stage),
     )
     if trainer.is_global_zero:
         Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, Path(trainer.default_root_dir) / "config.yaml", resolve=True)
-    trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    with warnings.catch_warnings():
+        # Lightning warns "your dataloader is not resumable" on every mid-epoch resume because it looks for
+        # state_dict() on the DataLoader itself. Our data modules keep the exact position in their own state_dict
+        # (samples or batches consumed, restored before the loader is built; tests/test_train.py and
+        # test_streaming.py check a resume sees exactly the uninterrupted run's batches), so the warning is wrong here.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+        trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if start_step is not None and trainer.global_step == start_step:
+        _say_why_nothing_trained(trainer, ckpt_path, start_step)
     return trainer, stage
+
+
+def _with_step_progress_bar(cfg: DictConfig, callbacks: list[Any]) -> list[Any]:
+    """Lightning's bar counts the batches of an epoch (``Epoch 0/-2`` when epochs are unlimited): ours counts
+    optimizer steps toward the run's total (medgpt_oss/progress.py), unless a progress bar is configured."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from medgpt_oss.progress import step_progress_bar
+
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks = [*callbacks, step_progress_bar()]
+    return callbacks
+
+
+def _say_why_nothing_trained(trainer: Any, ckpt_path: str, step: int) -> None:
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    if 0 < trainer.max_steps <= step:
+        why = f"trainer.max_steps={trainer.max_steps}"
+        fix = f"raise trainer.max_steps above {step}"
+    else:
+        why = f"trainer.max_epochs={trainer.max_epochs}"
+        fix = f"raise trainer.max_epochs above {trainer.max_epochs} (or set -1 and use trainer.max_steps)"
+    rank_zero_warn(f"nothing was trained: checkpoint '{ckpt_path}' is at step {step}, where {why} ends this run. "
+                   f"To train on from it, {fix}.")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
@@ -202,13 +275,23 @@ def main(cfg: DictConfig) -> float | None:
             file=sys.stderr,
         )
         sys.exit(2)
+    # Python warnings (Lightning's and ours) go to the console and, through the root logger, to the run's train.log
+    # (conf/hydra/default.yaml routes the `py.warnings` logger).
+    logging.captureWarnings(True)
+    log = logging.getLogger("medgpt_oss.train")
     with _job_leaves_no_distributed_state():
         _one_run_folder_for_all_ranks()
         try:
             trainer, _ = train(cfg)
-        except (MissingWeightsError, MissingExtraError) as exc:
+        except (MissingWeightsError, MissingExtraError, BrokenCheckpointError) as exc:
+            if logging.getLogger().handlers:  # Hydra's job log (train.log); the console gets the line below
+                log.error(f"error: {exc}")
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)
+        except Exception:
+            if logging.getLogger().handlers:
+                log.exception("training failed")  # the traceback Hydra prints to the console, in train.log too
+            raise
     val_loss = trainer.callback_metrics.get("val/loss")
     return float(val_loss) if val_loss is not None else None  # the objective Hydra sweepers minimise
 

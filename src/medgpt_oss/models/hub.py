@@ -17,17 +17,32 @@ class MissingWeightsError(FileNotFoundError):
     """Raised when a model's weights are neither a local folder nor in the HF cache."""
 
 
+# Hub repositories that serve files only to a logged-in account that accepted the model's licence on its page.
+GATED = {
+    "google/medsiglip-448": "Health AI Developer Foundations terms of use",
+}
+
+
 def missing_weights_message(model_id: str, override_key: str) -> str:
-    return (
-        f"Pretrained weights for '{model_id}' are not available offline.\n"
-        f"  Supply them in one of two ways:\n"
-        f"  1. put them in the Hugging Face cache on a machine with network access:\n"
-        f"       huggingface-cli download {model_id}\n"
-        f"     and copy ~/.cache/huggingface (or $HF_HOME) here;\n"
-        f"  2. point the config at a local folder holding the files:\n"
-        f"       {override_key}=/local/dir/{model_id.split('/')[-1]}\n"
-        f"  Or train the tiny random-initialised variant offline with scale=tiny."
-    )
+    name = model_id.rstrip("/").split("/")[-1]
+    lines = [
+        f"Pretrained weights for '{model_id}' are not available offline.",
+        "  Supply them in one of two ways:",
+        "  1. download them on a machine with network access (`hf` ships with huggingface_hub >= 0.34),",
+        "     into the Hugging Face cache:",
+        f"       hf download {model_id}",
+        "     and copy ~/.cache/huggingface (or $HF_HOME) here; or into a folder of their own:",
+        f"       hf download {model_id} --local-dir /local/dir/{name}",
+        "  2. point the config at a local folder holding the files:",
+        f"       {override_key}=/local/dir/{name}",
+    ]
+    if model_id in GATED:
+        lines += [
+            f"  '{model_id}' is gated: log in to https://huggingface.co/{model_id} and accept its licence",
+            f"  ({GATED[model_id]}), then run `hf auth login` with a token of that account before downloading.",
+        ]
+    lines.append("  Or train the tiny random-initialised variant offline with scale=tiny.")
+    return "\n".join(lines)
 
 
 def resolve_pretrained(model_id: str, override_key: str = "pretrained") -> Path:

@@ -12,6 +12,7 @@ random init.
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from transformers import get_cosine_schedule_with_warmup
 from medgpt_oss import provenance
 from medgpt_oss.data.conversation import IGNORE_INDEX
 from medgpt_oss.models.vlm import COMPONENTS, MedVLM
+from medgpt_oss.progress import total_optimizer_steps
 from medgpt_oss.stages.handoff import HANDOFF_LORA, handoff_state
 from medgpt_oss.trust import check_checkpoint, check_class_path, load_checkpoint
 
@@ -91,8 +93,14 @@ class VLMStage(L.LightningModule):
         # kwargs replace stored hyper-parameters (the caller's own values): only what comes from the file is checked.
         check_checkpoint({key: ({k: v for k, v in value.items() if k not in kwargs} if isinstance(value, dict)
                                 else value) for key, value in checkpoint.items()}, trusted_targets)
-        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, strict=strict,
-                                            weights_only=True, **kwargs)
+        with warnings.catch_warnings():
+            # Lightning lists every key the checkpoint lacks: here every frozen base weight, by design (checkpoints
+            # keep only what differs from the base weights). on_load_checkpoint refuses a checkpoint that lacks a
+            # trainable weight, so the list says nothing; keys the model lacks still warn.
+            warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the "
+                                                      "checkpoint")
+            return super().load_from_checkpoint(checkpoint_path, map_location=map_location, strict=strict,
+                                                weights_only=True, **kwargs)
 
     # -- stage hand-off ----------------------------------------------------------------------------
 
@@ -230,16 +238,42 @@ class VLMStage(L.LightningModule):
         optimizer = torch.optim.AdamW(
             groups, weight_decay=optim.get("weight_decay", 0.0), betas=tuple(optim.get("betas", (0.9, 0.999)))
         )
-        if getattr(self.trainer.datamodule, "endless", False):
-            # Lightning would set up (and start) the train loader to estimate the steps; strategies that
-            # restore checkpoints after this hook (FSDP) would then stream from the start, not the saved
-            # position. An endless stream's run is max_steps long anyway.
-            total = self.trainer.max_steps
-        else:
-            total = int(self.trainer.estimated_stepping_batches)
+        # The schedule spans this fit's total steps (the progress bar's too). configure_optimizers runs on every
+        # fit, a resume included, and a checkpoint restores only the scheduler's step count: resuming with another
+        # trainer.max_steps runs the schedule defined over the new total (on_train_start puts its rate in place).
+        self._schedule_total = total = total_optimizer_steps(self.trainer)
+        if total <= 0:
+            raise ValueError(f"the learning-rate schedule needs a run of known length, got {total} steps: set "
+                             "trainer.max_steps (or a positive trainer.max_epochs)")
         warmup = int(optim.get("warmup_ratio", 0.0) * total)
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _apply_schedule_after_resume(self) -> None:
+        """Give the first resumed step the rate this run's schedule has at the restored step.
+
+        The optimizer state a checkpoint restores carries the rate its own schedule set last: for a finished
+        run extended with a larger ``trainer.max_steps`` that is the schedule's end, 0, and the first resumed
+        step would train at lr 0 before the schedule (now over the new total) rose again. With an unchanged
+        total the two rates are equal and nothing changes.
+        """
+        saved_total = getattr(self, "_restored_schedule_total", None)
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                continue
+            step = scheduler.last_epoch
+            rates = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+            before = [group["lr"] for group in scheduler.optimizer.param_groups]
+            for group, rate in zip(scheduler.optimizer.param_groups, rates):
+                group["lr"] = rate
+            scheduler._last_lr = rates
+            if saved_total is not None and saved_total != self._schedule_total:
+                rank_zero_info(f"resumed at step {step} with a schedule over {self._schedule_total} steps (the "
+                               f"checkpoint's ran over {saved_total}): the learning rate continues at {rates[0]:.3g} "
+                               f"(the checkpoint's next rate was {before[0]:.3g}) and decays to 0 at step "
+                               f"{self._schedule_total}")
+        self._restored_schedule_total = None
 
     # -- checkpoints keep only what differs from the base weights (trained or handed over) ---------
 
@@ -253,6 +287,8 @@ class VLMStage(L.LightningModule):
         # Embedding rows the LLM had to add for the image token (a tokenizer without spare rows): seeded, and
         # saved anyway, so a reload never depends on how they were initialised.
         checkpoint[ADDED_ROWS_KEY] = self.vlm.llm.added_rows_state()
+        # The steps the learning-rate schedule spans, to tell a resume with another total (plain int: weights_only).
+        checkpoint["lr_schedule_total"] = int(getattr(self, "_schedule_total", 0))
         # Lightning does not save RNG states; dropout (e.g. LoRA's) must continue the same stream.
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
@@ -269,8 +305,11 @@ class VLMStage(L.LightningModule):
         self.vlm.llm.load_added_rows(checkpoint.get(ADDED_ROWS_KEY, {}))  # before the state dict, which may train them
         self.saved_keys |= set(checkpoint["state_dict"])
         self._rng_to_restore = checkpoint.get("rng_states")
+        self._restored_schedule_total = checkpoint.get("lr_schedule_total") or None
 
     def on_train_start(self) -> None:
+        if self.trainer.ckpt_path:  # optimizer and scheduler states are restored by now
+            self._apply_schedule_after_resume()
         # Restored here, after Lightning's own seeding and loader setup, just before the first step.
         rng = getattr(self, "_rng_to_restore", None)
         if rng is not None:
