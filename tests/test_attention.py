@@ -189,3 +189,13 @@ def test_eager_packed_equals_eager_in_logits_gradients_and_generation(tmp_path):
         prompt = ids[:1, :12]
         assert torch.equal(packed.model.generate(prompt, max_new_tokens=8, do_sample=False),
                            eager.model.generate(prompt, max_new_tokens=8, do_sample=False))
+
+
+def test_eager_packed_refuses_spans_over_a_kv_cache():
+    from medgpt_oss.models.document_attention import SampleSpans, eager_packed_attention_forward
+
+    q, k, v, sinks = inputs()
+    module = type("GptOssAttention", (SinkHeads,), {"__module__": eager_attention_forward.__module__})(sinks)
+    spans = SampleSpans.from_positions(packed_positions()[:, :200])
+    with pytest.raises(ValueError, match="cannot extend a KV cache"):
+        eager_packed_attention_forward(module, q[:, :, :200], k, v, spans, scaling=HEAD_DIM**-0.5)

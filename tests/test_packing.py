@@ -190,3 +190,15 @@ def test_a_sample_longer_than_the_row_is_named_before_training(medsynth_dir):
     skipped = module.datasets["train"].lengths().count(0)
     assert skipped > 0 and sum(b["skipped"] for b in batches) == skipped
     assert all("exceed max_length=600" in reason for b in batches for reason in b["skipped_reasons"])
+
+
+def test_planned_packing_over_several_passes_needs_max_steps(medsynth_dir):
+    import lightning as L
+
+    module = _module(medsynth_dir / "medsynth", tiny_vlm().input_spec())
+    module.trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="set trainer.max_steps"):
+        module.train_dataloader()
+    module.trainer = L.Trainer(max_epochs=3, max_steps=10, logger=False, enable_checkpointing=False,
+                               enable_progress_bar=False)
+    assert len(module.train_dataloader()) > 0

@@ -294,8 +294,8 @@ def test_a_folder_written_by_prepare_trains_the_instruct_stage(medsynth_dir, tin
 def test_planned_packing_streams_full_rows_and_resumes_to_the_same_rows(prepared, second_source, tiny_tokenizer,
                                                                         num_workers):
     sources = [(prepared, 0.7), (second_source, 0.3)]
-    settings = dict(tasks=["caption", "closed", "report"], pack_length=1024, pack_lookahead=64, pack_rows=2,
-                    num_workers=num_workers)
+    settings = dict(tasks=["caption", "closed", "report"], pack_length=1024, max_length=1024, pack_lookahead=64,
+                    pack_rows=2, num_workers=num_workers)
     straight = module(tiny_tokenizer, sources, **settings)
     loader = iter(straight.train_dataloader())
     batches = [next(loader) for _ in range(6)]
@@ -317,3 +317,9 @@ def test_planned_packing_streams_full_rows_and_resumes_to_the_same_rows(prepared
     other.load_state_dict(first.state_dict())
     with pytest.raises(ValueError, match=r"pack_rows: checkpoint 2, now 3"):
         other.train_dataloader()
+
+
+def test_planned_packing_on_a_stream_caps_samples_at_the_row(prepared, tiny_tokenizer):
+    dm = module(tiny_tokenizer, prepared, pack_length=1024, pack_lookahead=64, max_length=2048)
+    with pytest.raises(ValueError, match="needs data.max_length <= data.pack_length=1024"):
+        dm.train_dataloader()

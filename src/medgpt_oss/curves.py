@@ -22,6 +22,8 @@ class TrainingCurves(Callback):
         self.train: list[tuple[int, float]] = []
         self.val: list[tuple[int, float]] = []
         self.lr: dict[str, list[tuple[int, float]]] = {}
+        self._micro = 0  # micro-batches averaged into the last train point
+        self._step = 0
 
     def state_dict(self) -> dict[str, Any]:  # a resumed run's picture shows the whole run
         return {"train": self.train, "val": self.val, "lr": self.lr}
@@ -30,10 +32,21 @@ class TrainingCurves(Callback):
         self.train, self.val = [tuple(p) for p in state["train"]], [tuple(p) for p in state["val"]]
         self.lr = {k: [tuple(p) for p in v] for k, v in state["lr"].items()}
 
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self._step = trainer.global_step + 1  # the optimizer step this (micro-)batch counts towards
+
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
-        step, metrics = trainer.global_step, trainer.logged_metrics
-        if "train/loss" in metrics and (not self.train or self.train[-1][0] != step):
-            self.train.append((step, float(metrics["train/loss"])))
+        # callback_metrics holds every step's value (logged_metrics only every log_every_n_steps, and only with
+        # a logger); micro-batches of one optimizer step (accumulation) are averaged into its point.
+        step, loss = self._step, trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            if self.train and self.train[-1][0] == step:
+                self._micro += 1
+                previous = self.train[-1][1]
+                self.train[-1] = (step, previous + (float(loss) - previous) / self._micro)
+            else:
+                self._micro = 1
+                self.train.append((step, float(loss)))
         for optimizer in trainer.optimizers:  # read from the optimizer: loggers need not see learning rates
             for i, group in enumerate(optimizer.param_groups):
                 points = self.lr.setdefault(f"{type(optimizer).__name__}/{group.get('name', i)}", [])

@@ -243,6 +243,11 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
             world_size, rank = self.trainer.world_size, self.trainer.global_rank
         dataset = self.datasets[self.train_split]
         if self.pack_lookahead:
+            trainer = self.trainer
+            if trainer is not None and trainer.max_steps < 0 and trainer.max_epochs != 1:
+                raise ValueError("planned packing (data.pack_lookahead) makes every pass a different number of "
+                                 "batches, which Lightning's epochs cannot follow: set trainer.max_steps (or "
+                                 "trainer.max_epochs=1, or data.pack_lookahead=0)")
             lengths = dataset.lengths()
             too_long = [(dataset.records[i]["id"], n) for i, n in enumerate(lengths) if n > self.pack_length]
             if too_long:
@@ -264,7 +269,7 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
         if isinstance(restored, int):
             if restored:
                 raise ValueError("the checkpoint's data position counts samples of unplanned batches, this run plans "
-                                 "packed rows (data.pack_lookahead): resume with the checkpoint's data settings")
+                                 "packed rows: add data.pack_lookahead=0 to resume it")
             return 0, 0
         saved, now = self._restored_packing, self._packing()
         changed = [f"{k}: {saved.get(k)} -> {now[k]}" for k in now if saved.get(k) != now[k]]

@@ -163,11 +163,15 @@ class PackedBatchSampler(Sampler[list[tuple[int, int]]]):
     Pass ``e`` shuffles all samples with the same seeded permutation as
     :class:`~medgpt_oss.data.datamodule.ResumableShuffleSampler`, plans rows with :func:`plan_window`
     and cuts them into global batches of ``rows x num_replicas`` rows; rank ``r`` takes rows
-    ``r::num_replicas`` of each, so the ranks together train exactly the one-process batch, and every
-    rank gets the same number of batches (a last global batch with fewer rows than ranks is left out of
-    the pass). The plan is a function of the lengths alone, so the position is two numbers, ``(epoch,
-    batches_done)``, advanced per trained batch by the data module; a resumed run re-plans the pass and
-    continues at the next batch. Items are ``(sample index, row in the batch)``.
+    ``r::num_replicas`` of each, so the ranks together train the batches one process trains with
+    ``rows x num_replicas`` rows, and every rank gets the same number of batches (a last global batch with
+    fewer rows than ranks is left out of the pass; one with fewer than ``rows x num_replicas`` gives some
+    ranks one row less). Passes differ in length (the rows depend on the shuffle), while Lightning takes an
+    epoch's length once: so runs of more than one pass are bounded by ``trainer.max_steps`` (the data
+    module requires it), and epoch numbers are counters, not passes. The plan is a function of the
+    lengths alone, so the position is two numbers, ``(epoch, batches_done)``, advanced per trained batch
+    by the data module; a resumed run re-plans the pass and continues at the next batch. Items are
+    ``(sample index, row in the batch)``.
     """
 
     def __init__(self, lengths: Sequence[int], seed: int, pack_length: int, rows: int, lookahead: int,

@@ -94,6 +94,12 @@ class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
             raise ValueError("prepared data streams without end: set trainer.max_steps (epochs never finish; "
                              "validation needs an int trainer.val_check_interval with check_val_every_n_epoch=null)")
         world_size, rank = self._world()
+        max_length = self.processor.formatter.max_length
+        if self.pack_lookahead and (max_length is None or max_length > self.pack_length):
+            # An endless stream cannot check every record first: cap samples at the row, so a longer one is a
+            # counted skip, never an error hours into the run.
+            raise ValueError(f"planned packing needs data.max_length <= data.pack_length={self.pack_length} "
+                             f"(now {max_length}): set data.max_length={self.pack_length}")
         if self._restored is not None:
             self._check_resumable(self._restored)
         self.train_dataset = StreamingConversations(

@@ -16,7 +16,10 @@ One stream per *global worker* ``g = rank * num_workers + worker`` of ``G = worl
 - the worker cuts its stream into batches of ``batch_size`` *drawn* records. A record
   that fails processing is skipped (counted in the batch's ``skipped``), so a batch
   may hold fewer samples, but the ``b``-th batch of a worker always covers records
-  ``[b * batch_size, (b + 1) * batch_size)`` of its stream.
+  ``[b * batch_size, (b + 1) * batch_size)`` of its stream. With planned packing
+  (``pack_lookahead``) a batch is instead ``pack_rows`` rows planned over a window of
+  drawn records (:class:`~medgpt_oss.data.packing.RowPlanner`), a function of the
+  records' text lengths, so replaying the draws replays the rows too.
 
 The DataLoader takes batches from its workers round-robin and the stream never
 ends, so the training position is one number, the batches the loop consumed on this
@@ -25,8 +28,8 @@ loader's worker ``i`` continues stream ``(i + n) % num_workers`` (round-robin st
 replays the draws for those records on (unit, row) references -- reading
 only the ``task`` column when tasks are filtered, never an image -- and loads full
 rows only for what is left in its buffer. The same (seed, world size, num_workers,
-batch size) is required to resume; :class:`medgpt_oss.data.prepared.PreparedDataModule`
-checks it.
+batch size, pack settings) is required to resume;
+:class:`medgpt_oss.data.prepared.PreparedDataModule` checks it.
 """
 
 from __future__ import annotations
@@ -290,6 +293,7 @@ class StreamingConversations(IterableDataset):
 
         for _ in range(replay):
             next_rows()
+        texts.clear()  # only references need text columns; live records carry their own
         for stream in streams:
             stream.materialise()
         refs: dict[tuple[int, int], list[int]] = {}

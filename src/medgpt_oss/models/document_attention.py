@@ -67,6 +67,9 @@ def eager_packed_attention_forward(module: nn.Module, query: torch.Tensor, key: 
     eager = _model_eager_attention(module)
     if not isinstance(attention_mask, SampleSpans):
         return eager(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    if key.shape[-2] != query.shape[-2]:  # cached keys: spans are in query coordinates and would miss them
+        raise ValueError(f"attn_implementation={EAGER_PACKED!r}: packed rows (position ids restarting, no attention "
+                         "mask) cannot extend a KV cache; pass an attention_mask or no past_key_values")
     rows = []
     for b, spans in enumerate(attention_mask.spans):
         pieces = []

@@ -31,6 +31,20 @@ def _dtype(name: str | None) -> torch.dtype | None:
     return getattr(torch, name) if name else None
 
 
+def lora_config(cfg: dict[str, Any], dropout: float | None = None):
+    """The peft ``LoraConfig`` of a ``lora`` config group (``dropout``: override, e.g. 0 to merge adapters)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg["rank"],
+        lora_alpha=cfg.get("alpha", 2 * cfg["rank"]),
+        lora_dropout=cfg.get("dropout", 0.0) if dropout is None else dropout,
+        target_modules=list(cfg.get("target_modules") or []) or None,
+        target_parameters=list(cfg.get("target_parameters") or []) or None,
+        bias="none",
+    )
+
+
 class LanguageModel(nn.Module):
     """Causal LM + tokenizer, with the image sentinel token registered and optional LoRA."""
 
@@ -158,17 +172,9 @@ class LanguageModel(nn.Module):
                 matrix[self.added_rows:] = rows.to(matrix.dtype)
 
     def _apply_lora(self, cfg: dict[str, Any]) -> None:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        config = LoraConfig(
-            r=cfg["rank"],
-            lora_alpha=cfg.get("alpha", 2 * cfg["rank"]),
-            lora_dropout=cfg.get("dropout", 0.0),
-            target_modules=list(cfg.get("target_modules") or []) or None,
-            target_parameters=list(cfg.get("target_parameters") or []) or None,
-            bias="none",
-        )
-        self.model = get_peft_model(self.model, config)
+        self.model = get_peft_model(self.model, lora_config(cfg))
 
     @property
     def hidden_size(self) -> int:

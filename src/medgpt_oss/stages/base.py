@@ -28,7 +28,7 @@ from medgpt_oss import provenance
 from medgpt_oss.data.conversation import IGNORE_INDEX
 from medgpt_oss.models.vlm import COMPONENTS, MedVLM
 from medgpt_oss.progress import total_optimizer_steps
-from medgpt_oss.stages.handoff import HANDOFF_LORA, handoff_state
+from medgpt_oss.stages.handoff import HANDOFF_LORA, LLM_PREFIX, handoff_state
 from medgpt_oss.trust import check_checkpoint, check_class_path, load_checkpoint
 
 
@@ -124,6 +124,13 @@ class VLMStage(L.LightningModule):
         checkpoint = load_checkpoint(path)  # weights only: a pickle payload is refused, naming the file
         provenance.check(checkpoint, self, provenance.INIT_FROM, ckpt_path)  # before any weight moves
         previous_lora = (provenance.hyper_parameters(checkpoint).get("model") or {}).get("lora")
+        trained_llm = [k for k in checkpoint["state_dict"] if k.startswith(LLM_PREFIX)]
+        if trained_llm and (self.vlm.llm.lora_config or {}).get("quantize"):
+            # 4-bit base weights can take neither trained weights nor merged adapters.
+            raise ValueError(f"init_from '{ckpt_path}' trained the LLM ({len(trained_llm)} weights, e.g. "
+                             f"{trained_llm[0]}), and this stage stores it in 4-bit (lora.quantize), which cannot "
+                             "take trained weights or merge adapters: train this stage with a bf16 base (e.g. "
+                             "lora=r16), or start QLoRA from a stage that kept the LLM frozen")
         state = handoff_state(
             checkpoint["state_dict"], self.state_dict(), previous_lora=previous_lora,
             own_lora=self.vlm.llm.lora_config, mode=self.handoff_lora, hf_config=self.vlm.llm.model.config,

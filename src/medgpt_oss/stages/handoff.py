@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medgpt_oss.models.llm import lora_config
+
 HANDOFF_LORA = ("merge", "keep")
 LLM_PREFIX = "vlm.llm.model."
 _PEFT_ROOT = "base_model.model."
@@ -51,20 +53,6 @@ def lora_shape(lora: dict[str, Any] | None) -> dict[str, Any] | None:
             "target_parameters": list(lora.get("target_parameters") or [])}
 
 
-def _lora_config(lora: dict[str, Any]):
-    """The peft config ``LanguageModel`` builds for ``lora`` (models/llm.py), without dropout (merging only)."""
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=lora["rank"],
-        lora_alpha=lora.get("alpha", 2 * lora["rank"]),
-        lora_dropout=0.0,
-        target_modules=list(lora.get("target_modules") or []) or None,
-        target_parameters=list(lora.get("target_parameters") or []) or None,
-        bias="none",
-    )
-
-
 def lora_deltas(hf_config: Any, lora: dict[str, Any], adapters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each adapted weight's delta, by plain name, from a checkpoint's adapter tensors.
 
@@ -77,7 +65,7 @@ def lora_deltas(hf_config: Any, lora: dict[str, Any], adapters: dict[str, torch.
 
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(copy.deepcopy(hf_config))
-    skeleton = get_peft_model(skeleton, _lora_config(lora))
+    skeleton = get_peft_model(skeleton, lora_config(lora, dropout=0.0))  # merging only: no dropout
     used, deltas = set(), {}
     for name, module in skeleton.named_modules():
         if not isinstance(module, LoraLayer) or "default" not in module.lora_A:
