@@ -395,3 +395,14 @@ def test_wrong_root_fails_at_once_with_the_expected_layout(tmp_path, cls, expect
     (tmp_path / "empty").mkdir()
     with pytest.raises(BenchmarkLayoutError, match=expected):
         list(cls(tmp_path / "empty").items())
+
+
+def test_a_benchmark_of_questions_and_reports_counts_each(tmp_path):
+    from medgpt_oss.eval.benchmarks.base import Benchmark
+
+    rows = [{"id": f"q{i}", "kind": "closed", "correct": i < 3, "extracted": "yes"} for i in range(4)]
+    rows += [{"id": "r1", "kind": "report", "output": "No pleural effusion.", "gold": "No pleural effusion."}]
+    summary = Benchmark(tmp_path, report_metrics={"convention": "plain"}).summarize(rows)
+    assert (summary["n"], summary["accuracy"], summary["n_reports"]) == (4, 0.75, 1)
+    only_reports = Benchmark(tmp_path, report_metrics={"convention": "plain"}).summarize(rows[4:])
+    assert only_reports["n"] == only_reports["n_reports"] == 1

@@ -139,5 +139,6 @@ class Benchmark(PublishedLayout):
             refs = [r["gold"] for r in reports]
             # lexical (report_metrics.convention), CheXpert-style, clinical_metrics; one unavailable_metrics
             out.update(report_metrics(preds, refs, self.report_metrics, self.clinical_metrics))
-            out["n"] = len(reports)
+            out["n_reports"] = len(reports)
+            out.setdefault("n", len(reports))  # a mixed benchmark's n stays its questions' count
         return out
