@@ -283,5 +283,17 @@ def test_ddp_trains_batches_where_one_rank_has_no_image(medsynth_dir, tmp_path):
     gradients (and FSDP's all-gathers would hang)."""
     run = tmp_path / "run"
     cli(tmp_path, medsynth_dir, "strategy=ddp", "data.tasks=[text_qa,closed]", "data.batch_size=1",
+        "data.pack_length=null",  # one sample per rank and step, unpacked
         devices=2, run_dir=run, stage="instruct", timeout=300)  # a hang, not an error, without the fix
     assert sorted(losses(run)) == list(range(STEPS))
+
+
+@pytest.mark.slow
+def test_ddp_trains_planned_packed_rows_across_passes(medsynth_dir, tmp_path):
+    """Two ranks split each planned global batch's rows; every rank gets as many batches (else DDP hangs),
+    also where a pass ends and the next, differently long one begins."""
+    run = tmp_path / "run"
+    cli(tmp_path, medsynth_dir, "strategy=ddp", "data.tasks=[caption]", "data.pack_length=1024",
+        "data.max_length=1024", "data.pack_lookahead=64", "data.pack_rows=1", "trainer.max_epochs=-1",
+        "trainer.max_steps=12", devices=2, run_dir=run, stage="longctx", timeout=300)
+    assert sorted(losses(run)) == list(range(12))
