@@ -178,6 +178,14 @@ def export_vlm(
     return out
 
 
+def _image_processor(vlm: Any):
+    """transformers' twin of the training image transform (the data side owns both)."""
+    from medgpt_oss.data.images import ImageTransform
+
+    encoder = vlm.encoder
+    return ImageTransform(encoder.image_size, encoder.image_mean, encoder.image_std).hf_image_processor()
+
+
 def _write_llava(vlm: Any, out: Path, source: dict[str, Any], dtype: Any) -> None:
     from medgpt_oss.models.llava import build_llava, llava_processor
 
@@ -185,7 +193,7 @@ def _write_llava(vlm: Any, out: Path, source: dict[str, Any], dtype: Any) -> Non
     model.load_state_dict(_cast(model, state, dtype), strict=True, assign=True)
     model.config.dtype = dtype or vlm.llm.model.get_input_embeddings().weight.dtype
     model.save_pretrained(out)
-    llava_processor(vlm).save_pretrained(out)
+    llava_processor(vlm, _image_processor(vlm)).save_pretrained(out)
     (out / "README.md").write_text(model_card(vlm, source))
 
 
@@ -194,7 +202,6 @@ def _write_medgpt_oss(vlm: Any, model_cfg: dict[str, Any], out: Path, source: di
     import torch
     from transformers import initialization as hf_init
 
-    from medgpt_oss.data.images import ImageTransform
     from medgpt_oss.harmony import chat_template
     from medgpt_oss.models.hf import ADAPTER_DIR, MedVLMForConditionalGeneration, config_from_vlm
 
@@ -211,8 +218,7 @@ def _write_medgpt_oss(vlm: Any, model_cfg: dict[str, Any], out: Path, source: di
     # A bare tokenizer (no processor) writes each image's whole token run itself.
     tokenizer.chat_template = chat_template(vlm.llm.chat, image_text=config.image_token * config.tokens_per_image)
     tokenizer.save_pretrained(out)
-    encoder = vlm.encoder
-    ImageTransform(encoder.image_size, encoder.image_mean, encoder.image_std).hf_image_processor().save_pretrained(out)
+    _image_processor(vlm).save_pretrained(out)
     (out / "README.md").write_text(model_card(vlm, source, adapter=(out / ADAPTER_DIR).is_dir(), not_llava=not_llava))
 
 

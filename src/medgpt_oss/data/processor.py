@@ -4,36 +4,21 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
-from transformers import PreTrainedTokenizerBase
 
 from medgpt_oss.data.conversation import IGNORE_INDEX, ConversationError, HarmonyFormatter
 from medgpt_oss.data.dicom import DicomOptions
 from medgpt_oss.data.images import ImageTransform, load_frames
 from medgpt_oss.data.packing import pack
 from medgpt_oss.data.tiling import tile_image
-from medgpt_oss.harmony import ChatSettings
+from medgpt_oss.contract import ModelInputSpec  # noqa: F401  (re-exported: the data side's name for it)
 from medgpt_oss.trust import OutsideRootError, inside_root
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelInputSpec:
-    """What the data side must know about a model to feed it (see ``MedVLM.input_spec``)."""
-
-    tokenizer: PreTrainedTokenizerBase
-    image_token: str
-    tokens_per_image: int
-    image_size: int
-    image_mean: tuple[float, float, float]
-    image_std: tuple[float, float, float]
-    chat: ChatSettings = ChatSettings()  # the harmony system message's settings the model trains with
 
 
 def record_images(record: dict[str, Any]) -> list[str]:

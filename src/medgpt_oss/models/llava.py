@@ -93,18 +93,17 @@ def llava_config(vlm: Any):
     return config
 
 
-def llava_processor(vlm: Any):
-    """``LlavaProcessor``: the training image transform, the tokenizer, and the harmony chat template, which
-    writes one image token per image (the processor expands it to ``tokens_per_image``)."""
+def llava_processor(vlm: Any, image_processor: Any):
+    """``LlavaProcessor``: ``image_processor`` (the training image transform's transformers twin, which the data
+    side owns), the tokenizer, and the harmony chat template, which writes one image token per image (the
+    processor expands it to ``tokens_per_image``)."""
     import copy
 
     from transformers import LlavaProcessor
 
-    from medgpt_oss.data.images import ImageTransform
     from medgpt_oss.harmony import chat_template
 
     encoder = vlm.encoder
-    image_processor = ImageTransform(encoder.image_size, encoder.image_mean, encoder.image_std).hf_image_processor()
     tokenizer = copy.deepcopy(vlm.tokenizer)
     template = chat_template(vlm.llm.chat, image_text=vlm.llm.image_token)
     tokenizer.chat_template = template

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from medgpt_oss.data.processor import ModelInputSpec
+from medgpt_oss.contract import ModelInputSpec
 from medgpt_oss.models.encoders import VisionEncoder
 from medgpt_oss.models.llm import LanguageModel
 from medgpt_oss.models.projectors import Projector

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, file_names, text, turns
-from medgpt_oss.eval.benchmarks.reports import report_section
+from medgpt_oss.data.report_text import report_section
 
 FRONTAL, LATERAL = ("PA", "AP"), ("LATERAL", "LL")
 PROMPT = "Write the {section} section of the radiology report for this chest X-ray."

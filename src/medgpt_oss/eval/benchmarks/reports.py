@@ -9,19 +9,13 @@ longitudinal item) come from the official PhysioNet files.
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from medgpt_oss.data.report_text import report_section  # one parser for training and evaluation
 from medgpt_oss.eval.benchmarks.base import Benchmark, EvalItem, MalformedItem
 
 FINDINGS_PROMPT = "Write the findings section of the radiology report for this chest X-ray."
-
-
-def report_section(text: str, section: str) -> str | None:
-    """The body of ``FINDINGS:`` / ``IMPRESSION:`` in a free-text report, up to the next heading."""
-    m = re.search(rf"\b{section}\s*:(.*?)(?=\n\s*[A-Z][A-Z /]+:|\Z)", text, re.DOTALL | re.IGNORECASE)
-    return " ".join(m.group(1).split()) if m and m.group(1).strip() else None
 
 
 class IUXray(Benchmark):
