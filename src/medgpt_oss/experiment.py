@@ -254,12 +254,10 @@ class RunMetrics:
 
     def metrics(self, benchmark: str) -> dict[tuple[str, ...], Any]:
         if benchmark not in self._cache:
-            from medgpt_oss.eval.bootstrap import item_metrics
+            from medgpt_oss.eval.bootstrap import benchmark_item_metrics
 
-            rows = self.rows(benchmark)
             adapter = _benchmark_of(self.eval_dir, benchmark)
-            extra = getattr(adapter, "item_metrics", None)
-            self._cache[benchmark] = {**item_metrics(rows), **(extra(rows) if extra is not None else {})}
+            self._cache[benchmark] = benchmark_item_metrics(self.rows(benchmark), adapter)
         return self._cache[benchmark]
 
 

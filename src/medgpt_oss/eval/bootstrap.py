@@ -231,12 +231,20 @@ def _put_after(holder: dict[str, Any], key: str, new_key: str, value: Any) -> No
             holder[new_key] = value
 
 
-def add_intervals(summary: dict[str, Any], rows: Sequence[Mapping[str, Any]], resamples: int, seed: int) -> None:
-    """Put ``<metric>_ci95: [low, high]`` next to every metric of ``summary`` that the rows can recompute."""
+def benchmark_item_metrics(rows: Sequence[Mapping[str, Any]], benchmark: Any = None) -> dict[MetricPath, ItemMetric]:
+    """The shared per-item metrics plus the benchmark's own (``benchmark.item_metrics``, e.g. MedSynth's finding F1)."""
+    own = getattr(benchmark, "item_metrics", None)
+    return {**item_metrics(rows), **(own(rows) if own is not None else {})}
+
+
+def add_intervals(summary: dict[str, Any], rows: Sequence[Mapping[str, Any]], resamples: int, seed: int,
+                  benchmark: Any = None) -> None:
+    """Put ``<metric>_ci95: [low, high]`` next to every metric of ``summary`` that the rows can recompute
+    (the benchmark's own per-item metrics included)."""
     if resamples <= 0:
         return
     skipped: dict[str, str] = {}
-    for path, metric in item_metrics(rows).items():
+    for path, metric in benchmark_item_metrics(rows, benchmark).items():
         slot = _slot(summary, path)
         if slot is None or slot[0][slot[1]] is None:
             continue

@@ -211,29 +211,10 @@ def summarize(benchmark: Benchmark, rows: list[dict[str, Any]],
         **benchmark.summarize(scored),
     }
     if bootstrap and int(bootstrap.get("resamples", 0)) > 0:
-        add_intervals(summary, scored, int(bootstrap["resamples"]), int(bootstrap.get("seed", 0)))
-        _add_benchmark_intervals(benchmark, summary, scored, int(bootstrap["resamples"]), int(bootstrap.get("seed", 0)))
+        add_intervals(summary, scored, int(bootstrap["resamples"]), int(bootstrap.get("seed", 0)), benchmark)
     if errors:
         summary["malformed"] = errors[:50]  # the full list is in predictions.jsonl
     return summary
-
-
-def _add_benchmark_intervals(benchmark: Benchmark, summary: dict[str, Any], rows: list[dict[str, Any]],
-                             resamples: int, seed: int) -> None:
-    """Intervals of a benchmark's own per-item metrics (``benchmark.item_metrics(rows)``, e.g. MedSynth's
-    finding F1), attached like :func:`~medgpt_oss.eval.bootstrap.add_intervals` attaches the shared ones."""
-    from medgpt_oss.eval.bootstrap import SUFFIX, TOLERANCE, display, interval
-
-    extra = getattr(benchmark, "item_metrics", None)
-    for path, metric in (extra(rows) if extra is not None else {}).items():
-        if len(path) != 1 or summary.get(path[0]) is None:
-            continue
-        if abs(metric.point() - float(summary[path[0]])) > TOLERANCE:
-            summary.setdefault("ci95_skipped", {})[display(path)] = (
-                f"recomputed from the items it is {metric.point():.6f}, the summary says "
-                f"{float(summary[path[0]]):.6f}: no interval")
-            continue
-        summary[path[0] + SUFFIX] = interval(metric, resamples, seed)
 
 
 BLANK_SUFFIX = "@blank"  # the images-blanked run of benchmark <name> is <name>@blank (summary key and folder)
@@ -251,14 +232,11 @@ def image_ablation(benchmark: Benchmark, rows_images: list[dict[str, Any]], rows
     (with images - blanked) over the items scored in both runs and its 95% *paired* bootstrap interval (the
     same item ids drawn in both). Metrics without per-item scores (BLEU, ROUGE-L, ...) get both numbers and
     their difference, without an interval."""
-    from medgpt_oss.eval.bootstrap import item_metrics, paired_differences
-
-    def metrics(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], Any]:
-        extra = getattr(benchmark, "item_metrics", None)
-        return {**item_metrics(rows), **(extra(rows) if extra is not None else {})}
+    from medgpt_oss.eval.bootstrap import benchmark_item_metrics, paired_differences
 
     resamples, seed = int((bootstrap or {}).get("resamples", 0)), int((bootstrap or {}).get("seed", 0))
-    with_images, blanked = metrics(rows_images), metrics(rows_blanked)
+    with_images = benchmark_item_metrics(rows_images, benchmark)
+    blanked = benchmark_item_metrics(rows_blanked, benchmark)
     out: dict[str, Any] = {}
     for name, d in paired_differences(blanked, with_images, resamples, seed).items():  # B - A: images - blanked
         if d["n"]:
