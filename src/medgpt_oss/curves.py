@@ -68,11 +68,9 @@ class TrainingCurves(Callback):
     def draw(self) -> Path | None:
         if not self.train and not self.val:
             return None
-        import matplotlib
+        from medgpt_oss.figures import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, (loss_ax, lr_ax) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, height_ratios=[3, 1])
         finite = [(s, v) for s, v in self.train if math.isfinite(v)]
         if finite:

@@ -17,13 +17,28 @@ COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#bcbd22", "#17becf")
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (runs have no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig: Any, path: Path, note: str | None, formats: Sequence[str], top: float) -> list[Path]:
+    """Add the footnote, lay out (below ``top`` for a suptitle), write each format beside ``path``, close."""
+    if note:
+        fig.text(0.01, 0.005, note, fontsize=7, color="#555555", ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, top))
+    written = []
+    for fmt in formats:
+        out = Path(path).with_suffix("." + fmt)
+        fig.savefig(out, dpi=150, bbox_inches="tight")
+        written.append(out)
+    pyplot().close(fig)
+    return written
 
 
 def _whiskers(values: Sequence[float | None], intervals: Sequence[Sequence[float] | None]) -> list[list[float]]:
@@ -44,7 +59,7 @@ def grouped_bars(path: Path, title: str, groups: Sequence[str], series: Sequence
                  formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Bars of ``series`` (``{"label", "values": [per group], "intervals": [[low, high] | None per group]}``,
     values in [0, 1]) grouped by ``groups``; writes ``path`` with each suffix of ``formats``."""
-    plt = _pyplot()
+    plt = pyplot()
     n = max(1, len(series))
     width = 0.8 / n
     fig, ax = plt.subplots(figsize=(max(7.0, len(groups) * (0.5 + 0.25 * n) + 2.5), 4.6))
@@ -64,23 +79,14 @@ def grouped_bars(path: Path, title: str, groups: Sequence[str], series: Sequence
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, title=legend_title, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
               frameon=False)
-    if note:
-        fig.text(0.01, 0.005, note, fontsize=7, color="#555555", ha="left", va="bottom")
-    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
-    written = []
-    for fmt in formats:
-        out = Path(path).with_suffix("." + fmt)
-        fig.savefig(out, dpi=150, bbox_inches="tight")
-        written.append(out)
-    plt.close(fig)
-    return written
+    return _save(fig, path, note, formats, top=1)
 
 
 def metric_panels(path: Path, title: str, settings: Sequence[str], panels: Sequence[dict[str, Any]],
                   note: str | None = None, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """One panel per metric (``{"label", "values": [per setting], "intervals": [...]}``, values in [0, 1]),
     one bar (and colour) per setting."""
-    plt = _pyplot()
+    plt = pyplot()
     n = max(1, len(panels))
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
@@ -102,13 +108,4 @@ def metric_panels(path: Path, title: str, settings: Sequence[str], panels: Seque
     for j in range(n, rows * cols):
         axes[j // cols][j % cols].axis("off")
     fig.suptitle(title, fontsize=12)
-    if note:
-        fig.text(0.01, 0.005, note, fontsize=7, color="#555555", ha="left", va="bottom")
-    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 0.95))
-    written = []
-    for fmt in formats:
-        out = Path(path).with_suffix("." + fmt)
-        fig.savefig(out, dpi=150, bbox_inches="tight")
-        written.append(out)
-    plt.close(fig)
-    return written
+    return _save(fig, path, note, formats, top=0.95)

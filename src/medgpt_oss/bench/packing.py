@@ -60,11 +60,9 @@ LAYOUTS = (("useful_fraction_padded", "padded batches"), ("useful_fraction_batch
 
 def draw(results: dict[str, dict], pack_lengths: list[int], lookahead: int, tokens_per_image: int, path: Path) -> None:
     """Grouped bars: useful fraction of each layout, per stage mix and row length."""
-    import matplotlib
+    from medgpt_oss.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     groups = [(stage, n) for stage in ("longctx", "instruct") for n in pack_lengths]
     fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 2, 3.6))
     width = 0.8 / len(LAYOUTS)
