@@ -243,16 +243,19 @@ class StreamingConversations(IterableDataset):
             return
         # Resume: replay this worker's draws on references, without reading any image.
         skip = batches_produced(self.start_batches, local, self.num_workers) * self.batch_size
-        picks = np.searchsorted(self.cdf, mixer.random(skip), side="right") if skip else np.zeros(0, int)
+        picks = self._pick_sources(mixer, skip)
         for s, stream in enumerate(streams):
             stream.skip(int((picks == s).sum()))
             stream.materialise()
         while True:
-            picks = np.searchsorted(self.cdf, mixer.random(self.batch_size), side="right")
-            samples = [self.processor.process(next(streams[min(s, len(streams) - 1)]), strict=self.strict)
-                       for s in picks]
+            samples = [self.processor.process(next(streams[s]), strict=self.strict)
+                       for s in self._pick_sources(mixer, self.batch_size)]
             yield self.processor.collate_kept(samples, self.pack_length)
 
+
+    def _pick_sources(self, mixer: np.random.Generator, count: int) -> np.ndarray:
+        """The sources of the next ``count`` draws, by weight (rounding in the last cdf entry stays in range)."""
+        return np.minimum(np.searchsorted(self.cdf, mixer.random(count), side="right"), len(self.indexes) - 1)
 
     def _planned_batches(self, streams: list[_SourceStream], mixer: np.random.Generator,
                          replay: int) -> Iterator[dict[str, Any]]:
@@ -285,7 +288,7 @@ class StreamingConversations(IterableDataset):
             rows = []
             for _ in range(self.pack_rows):
                 while planner.wants_more():
-                    s = min(int(np.searchsorted(self.cdf, mixer.random(), side="right")), len(streams) - 1)
+                    s = int(self._pick_sources(mixer, 1)[0])
                     item = next(streams[s])
                     window[planner.add(length(s, item))] = (s, item)
                 rows.append([window.pop(p) for p in planner.next_row()])
