@@ -126,7 +126,8 @@ def test_tiny_gpt_oss_logits_flex_equal_eager(tmp_path):
     from tests.conftest import compose_train
 
     def build(impl: str):
-        cfg = compose_train(["+stage=instruct", "scale=tiny", f"llm.attn_implementation={impl}"], tmp_path)
+        cfg = compose_train(["+stage=instruct", "scale=tiny", f"llm.attn_implementation={impl}",
+                              "llm.tiny.sliding_window=32"], tmp_path)  # windows shorter than the spans
         return hydra.utils.instantiate(cfg.llm)
 
     eager, flex = build("eager"), build(FLEX)
@@ -155,7 +156,8 @@ def test_eager_packed_equals_eager_in_logits_gradients_and_generation(tmp_path):
     from tests.conftest import compose_train
 
     def build(impl: str):
-        cfg = compose_train(["+stage=instruct", "scale=tiny", f"llm.attn_implementation={impl}"], tmp_path)
+        cfg = compose_train(["+stage=instruct", "scale=tiny", f"llm.attn_implementation={impl}",
+                              "llm.tiny.sliding_window=32"], tmp_path)  # windows shorter than the spans
         return hydra.utils.instantiate(cfg.llm)
 
     eager, packed = build("eager"), build(EAGER_PACKED)
