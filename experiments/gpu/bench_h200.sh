@@ -6,14 +6,14 @@
 # From the repository root, on the device machine (device tool: `run`, timeout_s=600):
 #     bash experiments/gpu/bench_h200.sh
 # Results land in $OUT (default outputs/gpu): gpu.txt, versions.txt, attention_check.json, bench_4096.json,
-# and the logs. The machine lacks hydra-core, omegaconf and antlr4-python3-runtime: their wheels are in
-# experiments/gpu/wheels (pure Python, 400 KB), fetched here with
-#     pip download --no-deps -d experiments/gpu/wheels hydra-core==1.3.8 omegaconf==2.3.1
-#     pip wheel --no-deps -w experiments/gpu/wheels antlr4-python3-runtime==4.9.3   # only an sdist exists
+# and the logs. The machine lacks hydra-core, omegaconf and antlr4-python3-runtime: fetch their wheels first
+# (`bash experiments/gpu/fetch_wheels.sh`, into the git-ignored experiments/gpu/wheels) and carry that folder
+# with the run (device tool: carry=["experiments/gpu/wheels"]).
 # bitsandbytes is not needed (no QLoRA here).
 set -uo pipefail
 OUT=${OUT:-outputs/gpu}
 mkdir -p "$OUT"
+ls experiments/gpu/wheels/*.whl > /dev/null 2>&1 || { echo "no wheels: run bash experiments/gpu/fetch_wheels.sh here and carry experiments/gpu/wheels"; exit 1; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     experiments/gpu/wheels/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
