@@ -15,7 +15,7 @@ off moves the loss by 1e-2 or more.
 
 The runs train on MedSynth captions of different lengths, so the ranks' batches hold different
 numbers of supervised tokens: equality then needs each rank's loss weighted by its share of the
-step's tokens (stages/base.py), not a plain mean of per-rank means (which fails at 8e-3 relative).
+step's tokens (stages/collectives.py), not a plain mean of per-rank means (which fails at 8e-3 relative).
 """
 
 from __future__ import annotations
@@ -237,13 +237,13 @@ def test_fsdp_with_trainer_gpu_gets_bf16_mixed_precision_and_wraps_the_models_bl
 
     from medgpt_oss.config import model_config
     from medgpt_oss.strategies import NormClippingFSDPPrecision
-    from medgpt_oss.train import build_strategy
+    from medgpt_oss.train import choose_strategy, with_model_blocks
     from tests.conftest import compose_train
 
     cfg = compose_train(["+stage=align", "scale=tiny", "trainer=gpu", "strategy=fsdp"], tmp_path)
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.use_distributed_sampler is False
     stage = hydra.utils.instantiate(cfg.stage, model=model_config(cfg), _recursive_=False, _convert_="all")
-    strategy = build_strategy(cfg, stage)
+    strategy = with_model_blocks(choose_strategy(cfg), stage.vlm)
     # accelerator=cpu only so the Trainer can be built here; nothing runs
     trainer = Trainer(accelerator="cpu", devices=1, precision=cfg.trainer.precision, strategy=strategy, logger=False)
     plugin = trainer.strategy.precision_plugin
@@ -265,15 +265,16 @@ def test_fsdp_hybrid_without_several_gpus_per_node_says_to_use_fsdp(trainer_args
     import hydra
 
     from medgpt_oss.config import model_config
-    from medgpt_oss.train import build_strategy
+    from medgpt_oss.train import choose_strategy, with_model_blocks
     from tests.conftest import compose_train
 
     cfg = compose_train(["+stage=align", "scale=tiny", "strategy=fsdp_hybrid", *trainer_args], tmp_path)
     stage = hydra.utils.instantiate(cfg.stage, model=model_config(cfg), _recursive_=False, _convert_="all")
     with pytest.raises(ValueError, match="Use strategy=fsdp"):
-        build_strategy(cfg, stage)
+        with_model_blocks(choose_strategy(cfg), stage.vlm)
     cfg.trainer.devices, cfg.trainer.accelerator = 8, "gpu"
-    assert build_strategy(cfg, stage).sharding_strategy.name == "HYBRID_SHARD"  # 8 GPUs per node: fine
+    hybrid = with_model_blocks(choose_strategy(cfg), stage.vlm)
+    assert hybrid.sharding_strategy.name == "HYBRID_SHARD"  # 8 GPUs per node: fine
 
 
 @pytest.mark.slow

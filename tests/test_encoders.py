@@ -26,6 +26,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from medgpt_oss.config import load_option
 from medgpt_oss.models.encoders import (
     CLIPEncoder,
     OpenCLIPTimmEncoder,
@@ -33,14 +34,14 @@ from medgpt_oss.models.encoders import (
     VisionEncoder,
 )
 from medgpt_oss.models.hub import MissingWeightsError
+from tests.conftest import ENCODERS
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "encoder"
-CHOICES = ["clip", "siglip", "medsiglip", "biomedclip"]
+CHOICES = ENCODERS
 MEAN, STD = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]  # non-default, so a pick-up is visible
 
 
 def encoder_cfg(choice: str, scale: str = "tiny", init_seed: int = 0, **overrides):
-    encoder = OmegaConf.load(CONF / f"{choice}.yaml")
+    encoder = load_option("encoder", choice)
     root = OmegaConf.create({"scale": scale, "init_seed": init_seed, "encoder": encoder})
     for key, value in overrides.items():
         root.encoder[key] = value
@@ -48,7 +49,7 @@ def encoder_cfg(choice: str, scale: str = "tiny", init_seed: int = 0, **override
 
 
 def tiny_dict(choice: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF / f"{choice}.yaml").tiny)
+    return OmegaConf.to_container(load_option("encoder", choice).tiny)
 
 
 def pixels(n: int = 2, size: int = 64) -> torch.Tensor:
@@ -63,7 +64,7 @@ def test_tiny_config_forward_shape(choice: str) -> None:
     size = 80 if choice == "medsiglip" else 64  # medsiglip: siglip's tower at a larger image, as the real pair
     assert (enc.image_size, enc.patch_size, enc.hidden_size) == (size, 8, 64)
     assert enc.grid_size == size // 8 and enc.num_tokens == (size // 8) ** 2 and enc.num_layers == 2
-    assert enc.pretrained_id == OmegaConf.load(CONF / f"{choice}.yaml").pretrained
+    assert enc.pretrained_id == load_option("encoder", choice).pretrained
     out = enc(pixels(size=size))
     assert out.shape == (2, enc.num_tokens, enc.hidden_size)
     assert torch.isfinite(out).all()
@@ -74,7 +75,7 @@ def test_the_four_tiny_encoders_are_four_distinct_arms() -> None:
     and siglip / medsiglip differ as the real ones do -- the same tower (patch, width, depth) at a larger image."""
     import itertools
 
-    specs = {c: (OmegaConf.load(CONF / f"{c}.yaml")._target_, tiny_dict(c)) for c in CHOICES}
+    specs = {c: (load_option("encoder", c)._target_, tiny_dict(c)) for c in CHOICES}
     for a, b in itertools.combinations(CHOICES, 2):
         assert specs[a] != specs[b], (a, b)
     siglip, medsiglip = tiny_dict("siglip"), tiny_dict("medsiglip")

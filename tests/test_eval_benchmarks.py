@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from medgpt_oss.data.report_text import report_section
 from medgpt_oss.eval.benchmarks.base import BenchmarkLayoutError, EvalItem, MalformedItem
 from medgpt_oss.eval.benchmarks.image_mcq import MMMU, PMCVQA, MedFrameQA, MedXpertQA
 from medgpt_oss.eval.benchmarks.medsynth import MedSynth
-from medgpt_oss.eval.benchmarks.reports import IUXray, MIMICCXR, report_section
+from medgpt_oss.eval.benchmarks.reports import IUXray, MIMICCXR
 from medgpt_oss.eval.benchmarks.text_qa import MedMCQA, MedQA, Medbullets, MMLUMed, PubMedQA, split_answer_choices
 from medgpt_oss.eval.benchmarks.vqa import SLAKE, VQARAD, PathVQA
 
@@ -369,7 +370,7 @@ def test_medsynth_limit_per_task_and_finding_f1(medsynth_dir, tmp_path):
                closed[0].id: closed[0].gold, closed[1].id: "Perhaps."}         # right; unparseable
     summary = run_benchmark(bench, RunOptions(out_dir=tmp_path, prompts={}, progress=False,
                                               bootstrap={"resamples": 200, "seed": 0}), predictions=answers)
-    from medgpt_oss.data.synthetic import findings_from_report
+    from medgpt_oss.data.medsynth.text import findings_from_report
 
     gold = [findings_from_report(r.gold) for r in reports]
     predicted = [gold[0], ["nodule", "cardiomegaly"]]

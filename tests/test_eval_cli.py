@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from medgpt_oss.config import CONF_DIR, group_options
+from medgpt_oss.config import CONF_DIR, group_options, load_option
 from medgpt_oss.eval.benchmarks.base import BenchmarkLayoutError
 from medgpt_oss.evaluate import evaluate
 from tests.test_eval_benchmarks import image, write_pubmedqa, write_vqa_rad
@@ -163,7 +163,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
     cfg = OmegaConf.create({"scale": "tiny", "init_seed": 0, "lora": None})
     for group, name in (("encoder", "clip"), ("projector", "mlp2x_gelu"), ("llm", "gpt_oss"), ("chat", "harmony")):
-        cfg[group] = OmegaConf.load(CONF_DIR / f"{group}/{name}.yaml")
+        cfg[group] = load_option(group, name)
     plain = OmegaConf.to_container(cfg, resolve=True)
     stage = AlignStage(model={k: plain[k] for k in ("encoder", "projector", "llm", "lora")}, optim={"lr": 1e-3})
     trainer = L.Trainer(accelerator="cpu", max_steps=0, logger=False, enable_checkpointing=False,

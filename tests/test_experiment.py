@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from medgpt_oss.config import CONF_DIR
-from tests.conftest import SMALL_MEDSYNTH
+from tests.conftest import ENCODERS, SMALL_MEDSYNTH
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 SMALL = "overrides=[" + ",".join(f"'data.synth.{k}={v}'" for k, v in SMALL_MEDSYNTH.items()) + "]"
@@ -38,9 +38,10 @@ def test_arms_come_from_the_swept_overrides_not_a_list_of_encoders():
 
     cfg = compose_experiment(["experiment=figure1"])
     params = sweep_params(cfg)
-    assert params == {"encoder": "clip,siglip,biomedclip,medsiglip"}
+    swept = params["encoder"].split(",")
+    assert list(params) == ["encoder"] and sorted(swept) == ENCODERS and swept[0] == "clip"  # every encoder; CLIP first
     arms = arms_of(params)
-    assert [arm_name(a) for a in arms] == ["clip", "siglip", "biomedclip", "medsiglip"]
+    assert [arm_name(a) for a in arms] == swept
     # any other sweep: the keys and values of hydra.sweeper.params, their product, Hydra's sweep syntax
     cfg = compose_experiment(["experiment=figure1", "~hydra.sweeper.params.encoder",
                               '+hydra.sweeper.params.projector="linear,mlp2x_gelu"'])
@@ -105,11 +106,11 @@ def test_a_stopped_stage_resumes_and_finished_ones_are_skipped(tmp_path, monkeyp
 
 
 def test_change_of_a_longitudinal_report():
-    from medgpt_oss.data.synthetic import _LONG_ANSWER, report_text
+    from medgpt_oss.data.medsynth.text import CHANGE_SENTENCES, report_text
     from medgpt_oss.experiment import change_metric, change_of
 
     findings = {"nodule": None, "effusion": None, "cardiomegaly": False}
-    for change, sentence in _LONG_ANSWER.items():
+    for change, sentence in CHANGE_SENTENCES.items():
         assert change_of(report_text(findings) + "\nComparison: " + sentence) == change
     assert change_of("Findings: The lungs are clear.") is None and change_of(None) is None
     gold = report_text(findings) + "\nComparison: The nodule has grown."
@@ -172,7 +173,10 @@ def test_figure1_reduced_four_arms_then_a_rerun_resumes_only_what_did_not_finish
                f"paths.data_dir={medsynth_dir}", SMALL, "quick.evaluate.limit=2"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
-    arms = ["clip", "siglip", "biomedclip", "medsiglip"]
+    from medgpt_oss.experiment import sweep_params
+
+    arms = sweep_params(compose_experiment(["experiment=figure1"]))["encoder"].split(",")
+    assert sorted(arms) == ENCODERS
     rows = _read_csv(out / "comparison.csv")
     assert [r["arm"] for r in rows] == arms and [r["encoder"] for r in rows] == arms
     data = json.loads((out / "comparison.json").read_text())

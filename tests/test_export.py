@@ -23,7 +23,8 @@ from medgpt_oss.data.jsonl import read_jsonl
 from medgpt_oss.data.images import ImageTransform, load_image
 from medgpt_oss.data.processor import SampleProcessor
 from medgpt_oss.export import ExportError, export
-from medgpt_oss.models.hf import MedVLMForConditionalGeneration, attach_lora_adapter, medvlm_from_export
+from medgpt_oss.models.export_model import MedVLMForConditionalGeneration
+from medgpt_oss.models.load_export import medvlm_from_export
 from medgpt_oss.models.vlm import MedVLM
 from medgpt_oss.train import train
 from tests.conftest import compose_train, small_data_overrides
@@ -321,7 +322,7 @@ def test_unmerged_lora_is_kept_as_an_adapter_next_to_the_base_weights(lora_run, 
     batch = _batch(stage, medsynth_dir)
     with stage.vlm.llm.model.disable_adapter():
         torch.testing.assert_close(_logits(model, batch), _logits(stage.vlm, batch))  # base weights alone
-    attach_lora_adapter(model)
+    model.attach_lora_adapter()
     torch.testing.assert_close(_logits(model, batch), _logits(stage.vlm, batch))
 
 

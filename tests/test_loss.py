@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from medgpt_oss.config import CONF_DIR
+from medgpt_oss.config import load_option
 from medgpt_oss.models.llm import LanguageModel
 from medgpt_oss.models.loss import chunked_cross_entropy
 
@@ -17,10 +17,10 @@ PACKED_POSITIONS = torch.stack([torch.cat([torch.arange(40), torch.arange(50), t
 
 
 def tiny_llm(lora: bool) -> LanguageModel:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "llm" / "gpt_oss.yaml"))
+    cfg = OmegaConf.to_container(load_option("llm", "gpt_oss"))
     lora_cfg = None
     if lora:
-        lora_cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "lora" / "r16.yaml"))
+        lora_cfg = OmegaConf.to_container(load_option("lora", "r16"))
         lora_cfg["dropout"] = 0.0   # the two losses must see the same network
     llm = LanguageModel(pretrained=cfg["pretrained"], scale="tiny", tiny=cfg["tiny"], lora=lora_cfg)
     if lora:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import small_data_overrides
 from tests.test_eval_cli import tiny_ckpt  # noqa: F401  (fixture: a tiny checkpoint, nothing trained)
@@ -30,7 +31,7 @@ def test_pipeline_trains_all_stages_in_order_and_writes_the_summary(tmp_path, me
         assert 0.0 <= summary[key] <= 1.0
         low, high = summary[key + "_ci95"]
         assert low <= summary[key] <= high
-    assert summary["n_closed"] == 4 and summary["n_mcq"] == 4 and summary["n_report"] == 4
+    assert summary["n_closed"] == 4 and summary["n_open"] == 4 and summary["n_mcq"] == 4 and summary["n_report"] == 4
     # ... taken from the harness's run folder: MedSynth with its images and with them blanked
     assert summary["evaluation"] == str(out / "eval")
     harness = json.loads((out / "eval" / "summary.json").read_text())
@@ -48,7 +49,12 @@ def test_pipeline_trains_all_stages_in_order_and_writes_the_summary(tmp_path, me
         assert ckpt["global_step"] == 2
     for run in ("medsynth", "medsynth@blank"):
         rows = [json.loads(line) for line in (out / "eval" / run / "predictions.jsonl").read_text().splitlines()]
-        assert {r["groups"]["task"] for r in rows} == {"closed", "mcq", "report"} and len(rows) == 12
+        assert {r["groups"]["task"] for r in rows} == {"closed", "open", "mcq", "report"} and len(rows) == 16
+    # ... drawn (with and without images, per task) and printed with every stage's training curves
+    assert summary["figure"] == str(out / "learning.png")
+    assert Image.open(out / "learning.png").size[0] > 600
+    assert summary["curves"] == [str(out / stage / "curves.png") for stage in ("align", "longctx", "instruct")]
+    assert f"The proof of learning, as a figure: {out / 'learning.png'}" in result.stdout
 
 
 def test_the_demo_summary_comes_from_the_harness(tiny_ckpt, medsynth_dir, tmp_path):  # noqa: F811
@@ -72,14 +78,14 @@ def test_the_demo_summary_comes_from_the_harness(tiny_ckpt, medsynth_dir, tmp_pa
             cfg.hydra.runtime.output_dir = str(tmp_path / "demo")
         HydraConfig.instance().set_config(cfg)
         overrides = evaluation_overrides(cfg.recipe.evaluate, tiny_ckpt)
-        assert {"benchmark=medsynth", "images.mode=both", "benchmark.medsynth.tasks=[closed,mcq,report]",
+        assert {"benchmark=medsynth", "images.mode=both", "benchmark.medsynth.tasks=[closed,open,mcq,report]",
                 "+benchmark.medsynth.limit_per_task=2", "batch_size=6", "max_new_tokens=3"} <= set(overrides)
         summary = evaluate_last(cfg, tiny_ckpt)
     out = tmp_path / "demo"
     assert json.loads((out / "summary.json").read_text()) == summary
     harness = json.loads((out / "eval" / "summary.json").read_text())
     with_images, blanked = harness["benchmarks"]["medsynth"], harness["benchmarks"]["medsynth@blank"]
-    for task in ("closed", "mcq"):
+    for task in ("closed", "open", "mcq"):
         assert summary[f"{task}_accuracy"] == with_images["by_task"][task]["accuracy"]
         assert summary[f"{task}_accuracy_ci95"] == with_images["by_task"][task]["accuracy_ci95"]
         assert summary[f"{task}_accuracy_images_blanked"] == blanked["by_task"][task]["accuracy"]
@@ -87,7 +93,9 @@ def test_the_demo_summary_comes_from_the_harness(tiny_ckpt, medsynth_dir, tmp_pa
         assert summary[f"n_{task}"] == 2
     assert summary["report_f1"] == with_images["finding_f1"] and summary["n_report"] == 2
     assert summary["report_f1_images_blanked_ci95"] == blanked["finding_f1_ci95"]
-    assert (summary["closed_chance"], summary["mcq_chance"]) == (0.5, 0.25)
+    assert (summary["closed_chance"], summary["mcq_chance"]) == (0.5, 0.25) and "open_chance" not in summary
+    assert summary["figure"] == str(out / "learning.png") and (out / "learning.png").is_file()
+    assert summary["curves"] == []   # no stage trained here
     assert summary["checkpoint"] == str(tiny_ckpt) and summary["evaluation"] == str(out / "eval")
     assert (out / "eval" / "medsynth@blank" / "predictions.jsonl").is_file()
     assert not (out / "eval" / "predictions.jsonl").exists()  # one MedSynth path: the harness's run folder

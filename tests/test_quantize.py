@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, GptOssConfig
 
-from medgpt_oss.config import CONF_DIR
+from medgpt_oss.config import CONF_DIR, load_option
+from medgpt_oss.models.lora import LoraSettings
 from medgpt_oss.models import quantize as Q
 from medgpt_oss.plan import ASSETS
 
@@ -118,22 +120,22 @@ def test_lora_attaches_to_the_quantized_attention_and_trains_only_adapters():
 
 
 def test_expert_lora_on_4bit_experts_is_refused_and_allowed_on_bf16_experts():
-    lora = {"rank": 16, "quantize": "nf4", "target_modules": ["q_proj"],
-            "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}
+    lora = LoraSettings(rank=16, quantize="nf4", target_modules=("q_proj",),
+                        target_parameters=("mlp.experts.gate_up_proj", "mlp.experts.down_proj"))
     with pytest.raises(Q.QuantizationUnavailableError, match="peft's parameter-LoRA cannot wrap"):
         Q.check_lora_quantize(lora)
-    assert Q.check_lora_quantize({**lora, "quantize_modules": ["linear", "embed"]}) == ("linear", "embed")
-    assert Q.check_lora_quantize({"rank": 16, "target_modules": ["q_proj"]}) == ()
+    assert Q.check_lora_quantize(replace(lora, quantize_modules=("linear", "embed"))) == ("linear", "embed")
+    assert Q.check_lora_quantize(LoraSettings(rank=16, target_modules=("q_proj",))) == ()
     with pytest.raises(ValueError, match="unknown"):
-        Q.check_lora_quantize({"quantize": "nf4", "quantize_modules": ["attention"]})
+        Q.check_lora_quantize(LoraSettings(rank=16, quantize="nf4", quantize_modules=("attention",)))
 
 
 def test_the_cuda_check_runs_on_the_config_before_any_model(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    cfg = OmegaConf.create({"lora": OmegaConf.load(CONF_DIR / "lora" / "qlora_r16.yaml")})
+    cfg = OmegaConf.create({"lora": load_option("lora", "qlora_r16")})
     with pytest.raises(Q.QuantizationUnavailableError, match="needs a CUDA GPU"):
         Q.check_quantization(cfg)
-    Q.check_quantization(OmegaConf.create({"lora": OmegaConf.load(CONF_DIR / "lora" / "r16.yaml")}))
+    Q.check_quantization(OmegaConf.create({"lora": load_option("lora", "r16")}))
 
 
 def test_real_gpt_oss_20b_is_97_percent_4bit_under_qlora_r16():
@@ -142,7 +144,7 @@ def test_real_gpt_oss_20b_is_97_percent_4bit_under_qlora_r16():
     config = GptOssConfig(**{k: v for k, v in arch.items() if not k.startswith("_")})
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    targets = Q.quantize_targets(dict(OmegaConf.load(CONF_DIR / "lora" / "qlora_r16.yaml")))
+    targets = Q.quantize_targets(LoraSettings.of(load_option("lora", "qlora_r16")))
     plan = Q.quantization_plan(model, targets)
     assert abs(plan.total / 1e9 - arch["_published_total_params_billions"]) / 20.91 < 0.01
     assert plan.fraction >= 0.95

@@ -7,7 +7,8 @@ import pytest
 from tests.fixtures_formats import (write_iu_kaggle, write_iu_r2gen, write_llava, write_mimic, write_mimic_r2gen,
                               write_pathvqa, write_pmc_oa, write_pmc_vqa, write_qa50, write_roco, write_slake,
                               write_vqa_rad)
-from medgpt_oss.data.sources.base import Skip, SourceLayoutError, has_bad_text
+from medgpt_oss.data.published.layout import Skip, has_bad_text
+from medgpt_oss.data.sources.base import SourceLayoutError
 from medgpt_oss.data.sources.captions import CAPTION_PROMPTS, PMCOACaptions, ROCOCaptions
 from medgpt_oss.data.sources.iu_xray import IUXrayKaggle, IUXrayR2Gen
 from medgpt_oss.data.sources.llava import LLaVAConversations, LLaVAMedQA50

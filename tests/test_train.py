@@ -17,7 +17,7 @@ from medgpt_oss.config import CONF_DIR, available_stages, group_options
 from medgpt_oss.stages.align import AlignStage
 from medgpt_oss.stages.base import load_stage
 from medgpt_oss.train import train
-from tests.conftest import compose_train, small_data_overrides
+from tests.conftest import ENCODERS, compose_train, small_data_overrides
 
 TINY_RUN = [
     "+stage=align", "scale=tiny", "trainer.accelerator=cpu", "logger=csv", "data.batch_size=4",
@@ -56,7 +56,7 @@ def test_every_stage_in_conf_is_listed():
 
 
 @pytest.mark.parametrize("projector", ["linear", "mlp2x_gelu", "pixel_shuffle"])
-@pytest.mark.parametrize("encoder", ["clip", "siglip", "biomedclip", "medsiglip"])
+@pytest.mark.parametrize("encoder", ENCODERS)
 def test_few_step_fit_for_each_encoder_and_projector(encoder, projector, tmp_path, medsynth_dir):
     trainer, stage = run(tmp_path, medsynth_dir, f"encoder={encoder}", f"projector={projector}",
                          "trainer.max_steps=2")
@@ -155,17 +155,17 @@ def test_missing_real_weights_fail_fast_before_any_data_work(tmp_path):
 @pytest.mark.slow
 def test_multirun_encoder_sweep_gives_each_job_its_own_folder_and_checkpoint(tmp_path, medsynth_dir):
     result = cli("-m", *[o for o in TINY_RUN if o != "logger=csv"], *small_data_overrides(),
-                 "encoder=clip,siglip,biomedclip,medsiglip", "trainer.max_steps=2",
+                 "encoder=" + ",".join(ENCODERS), "trainer.max_steps=2",
                  f"paths.data_dir={medsynth_dir}", cwd=tmp_path, timeout=600)
     # No paths.root_dir: the default roots the sweep folder at the launch directory (resolved before
     # Hydra's runtime config exists, so it must not go through ${hydra:runtime.cwd}).
     assert result.returncode == 0, result.stderr[-3000:]
     ckpts = sorted((tmp_path / "outputs" / "align" / "multiruns").glob("*/*/checkpoints/last.ckpt"))
-    assert len(ckpts) == 4
+    assert len(ckpts) == len(ENCODERS)
     encoders = {torch.load(c, weights_only=False)["hyper_parameters"]["model"]["encoder"]["_target_"]
                 + torch.load(c, weights_only=False)["hyper_parameters"]["model"]["encoder"]["pretrained"]
                 for c in ckpts}
-    assert len(encoders) == 4
+    assert len(encoders) == len(ENCODERS)
 
 
 @pytest.mark.slow
@@ -251,7 +251,8 @@ def test_a_crash_while_saving_never_destroys_the_last_good_checkpoint(tmp_path, 
 def test_rows_added_for_the_image_token_are_saved_and_restored(tmp_path, medsynth_dir):
     # llm=qwen2 at tiny scale has no spare embedding rows: the image token grows the embeddings (the one case
     # where GPT-oss's spare rows do not apply). The frozen LLM's new rows go into every checkpoint.
-    from medgpt_oss.stages.base import ADDED_ROWS_KEY, load_stage
+    from medgpt_oss.stages.base import load_stage
+    from medgpt_oss.stages.checkpoint_state import ADDED_ROWS_KEY
 
     _, stage = run(tmp_path, medsynth_dir, "llm=qwen2", "trainer.max_steps=1", "trainer.limit_val_batches=0")
     llm = stage.vlm.llm

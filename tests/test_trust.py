@@ -131,7 +131,7 @@ def test_a_pickle_payload_is_refused_on_every_route(real_ckpt, tmp_path, medsynt
 
 def test_an_export_naming_a_class_outside_the_project_is_refused(tmp_path, evil_module, real_ckpt):
     from medgpt_oss.export import export
-    from medgpt_oss.models.hf import medvlm_from_export
+    from medgpt_oss.models.load_export import medvlm_from_export
 
     out = export(real_ckpt, tmp_path / "export", format="medgpt_oss")
     config = json.loads((out / "config.json").read_text())

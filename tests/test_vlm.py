@@ -4,16 +4,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from medgpt_oss.config import CONF_DIR
+from medgpt_oss.config import load_option
 from medgpt_oss.models.vlm import MedVLM
 
 
 def tiny_vlm(encoder="clip", projector="mlp2x_gelu", lora=None) -> MedVLM:
-    cfg = OmegaConf.create({"scale": "tiny", "init_seed": 0, "chat": OmegaConf.load(CONF_DIR / "chat/harmony.yaml")})
-    cfg.encoder = OmegaConf.load(CONF_DIR / f"encoder/{encoder}.yaml")
-    cfg.projector = OmegaConf.load(CONF_DIR / f"projector/{projector}.yaml")
-    cfg.llm = OmegaConf.load(CONF_DIR / "llm/gpt_oss.yaml")
-    cfg.lora = OmegaConf.load(CONF_DIR / f"lora/{lora}.yaml") if lora else None
+    cfg = OmegaConf.create({"scale": "tiny", "init_seed": 0, "chat": load_option("chat", "harmony")})
+    cfg.encoder = load_option("encoder", encoder)
+    cfg.projector = load_option("projector", projector)
+    cfg.llm = load_option("llm", "gpt_oss")
+    cfg.lora = load_option("lora", lora) if lora else None
     return MedVLM.from_config(cfg)
 
 

@@ -1,7 +1,7 @@
 """Rebuild the tiny harmony tokenizer asset: ``python -m medgpt_oss.build_tokenizer``.
 
 A tool over both layers (it trains the tokenizer of ``models/tokenizer.py`` on MedSynth text from
-``data/synthetic.py``), so it lives at the top level: models import nothing from data.
+``data/medsynth/``), so it lives at the top level: models import nothing from data.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def tokenizer_corpus(seed: int = 0) -> list[str]:
     import json
     import tempfile
 
-    from medgpt_oss.data.synthetic import generate_medsynth
+    from medgpt_oss.data.medsynth.generate import generate_medsynth
 
     # The format's fixed text, as often as every sample carries it (special tokens are split off before
     # BPE, so train on the words between them): the system message then costs a few tokens, not 70.

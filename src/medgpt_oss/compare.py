@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medgpt_oss.data.jsonl import BadLine, json_lines
 from medgpt_oss.eval.bootstrap import item_metrics, paired_differences
 
 EXAMPLES = 5
@@ -65,20 +66,15 @@ def read_rows(run: Path, benchmark: str) -> list[dict[str, Any]]:
         raise RunFolderError(f"{path}: missing; the run's summary.json lists '{benchmark}' but its per-item "
                              "file is not there (compare needs the predictions.jsonl that evaluate writes)")
     rows, seen = [], set()
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise RunFolderError(f"{path}:{line_no}: not valid JSON ({exc})") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-                raise RunFolderError(f"{path}:{line_no}: expected a JSON object with a string 'id'")
-            if row["id"] in seen:
-                raise RunFolderError(f"{path}:{line_no}: id '{row['id']}' appears twice")
-            seen.add(row["id"])
-            rows.append(row)
+    for line_no, row in json_lines(path):
+        if isinstance(row, BadLine):
+            raise RunFolderError(str(row)) from row
+        if not isinstance(row.get("id"), str):
+            raise RunFolderError(f"{path}:{line_no}: expected a JSON object with a string 'id'")
+        if row["id"] in seen:
+            raise RunFolderError(f"{path}:{line_no}: id '{row['id']}' appears twice")
+        seen.add(row["id"])
+        rows.append(row)
     return rows
 
 

@@ -431,13 +431,13 @@ _CHANGE_WORDS = (("none", "no nodule on either"), ("new", "is new"), ("grown", "
 def change_of(text: str | None) -> str | None:
     """The change a MedSynth longitudinal report states in its Comparison line (or anywhere, without one):
     new, grown, resolved, stable or none; None when it states none of them."""
-    from medgpt_oss.data.synthetic import _LONG_ANSWER
+    from medgpt_oss.data.medsynth.text import CHANGE_SENTENCES
 
     if not text:
         return None
     tail = text.split("Comparison:", 1)[1] if "Comparison:" in text else text
     tail = tail.lower()
-    for change, sentence in _LONG_ANSWER.items():
+    for change, sentence in CHANGE_SENTENCES.items():
         if sentence.lower().rstrip(".") in tail:
             return change
     for change, words in _CHANGE_WORDS:

@@ -11,7 +11,7 @@ Two formats (``format=auto`` picks the first that fits):
   transformers alone (``AutoProcessor`` + ``AutoModelForImageTextToText``) and so in serving
   tools that know LLaVA. The processor's chat template is the harmony format the model trained with.
 * ``medgpt_oss`` -- every other model (BiomedCLIP, ``linear``/``pixel_shuffle`` projectors,
-  tiles, an unmerged adapter): our own class (:mod:`medgpt_oss.models.hf`), weights under the
+  tiles, an unmerged adapter): our own class (:mod:`medgpt_oss.models.export_model`), weights under the
   MedVLM's names, loaded after ``import medgpt_oss.models.hf``.
 
 Each folder has a README.md model card that says which loader it needs.
@@ -45,7 +45,7 @@ def _check_out(out: str | Path, overwrite: bool) -> bool:
 
     Returns whether ``out`` has content to clear.
     """
-    from medgpt_oss.models.hf import MODEL_TYPE
+    from medgpt_oss.models.export_config import MODEL_TYPE
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -150,7 +150,7 @@ def export_vlm(
     """
     from peft import PeftModel
 
-    from medgpt_oss.models.hf import ADAPTER_DIR
+    from medgpt_oss.models.export_config import ADAPTER_DIR
 
     target_dtype = _torch_dtype(dtype)
     fmt, not_llava = choose_format(vlm, format, merge_lora, max_tiles)
@@ -203,7 +203,8 @@ def _write_medgpt_oss(vlm: Any, model_cfg: dict[str, Any], out: Path, source: di
     from transformers import initialization as hf_init
 
     from medgpt_oss.harmony import chat_template
-    from medgpt_oss.models.hf import ADAPTER_DIR, MedVLMForConditionalGeneration, config_from_vlm
+    from medgpt_oss.models.export_config import ADAPTER_DIR, config_from_vlm
+    from medgpt_oss.models.export_model import MedVLMForConditionalGeneration
 
     config = config_from_vlm(vlm, model_cfg, source=source)
     # Built on the meta device (no memory, no init), then given the trained tensors themselves:
@@ -274,8 +275,7 @@ def model_card(vlm: Any, source: dict[str, Any], adapter: bool = False, not_llav
         use = _LLAVA_USE.format(text_type=vlm.llm.model.config.model_type)
         architecture = "`LlavaForConditionalGeneration` (transformers)"
     else:
-        load_adapter = ("\nfrom medgpt_oss.models.hf import attach_lora_adapter\nattach_lora_adapter(model)  "
-                        "# adds lora_adapter/" if adapter else "")
+        load_adapter = "\nmodel.attach_lora_adapter()  # adds lora_adapter/" if adapter else ""
         use = _MEDGPT_OSS_USE.format(load_adapter=load_adapter, why=not_llava, tokens=vlm.tokens_per_image)
         architecture = "`MedVLMForConditionalGeneration` (medgpt-oss)"
     return f"""---

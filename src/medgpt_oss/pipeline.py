@@ -13,7 +13,8 @@ The last stage is evaluated by the harness, composed from conf/eval.yaml exactly
 other: per-item rows, summary.json, results.md). ``<out_dir>/summary.json`` is its headline numbers
 (:func:`demo_summary`): per MedSynth task the accuracy with the images and with every image blanked,
 each with its 95% interval, the paired difference, the unparseable answers, the report finding F1, and
-where the harness run is.
+where the harness run is; ``<out_dir>/learning.png`` draws them (with and without images, chance levels) and
+each stage's ``curves.png`` is listed.
 """
 
 from __future__ import annotations
@@ -131,6 +132,28 @@ def demo_summary(harness: dict[str, Any], name: str = "medsynth") -> dict[str, A
     return out
 
 
+TASK_LABELS = {"closed": "Closed (yes/no)", "open": "Open", "mcq": "Multiple choice", "report": "Report\n(finding F1)"}
+
+
+def learning_figure(summary: dict[str, Any], path: Path) -> Path:
+    """The demo's proof of learning as one picture: per task the score with the images and with every image
+    blanked (95% whiskers), and the chance level where there is one."""
+    from medgpt_oss.figures import grouped_bars
+
+    keys = [k[: -len("_accuracy")] for k in summary if k.endswith("_accuracy")]
+    keys += ["report"] if "report_f1" in summary else []
+    metric = {k: "report_f1" if k == "report" else f"{k}_accuracy" for k in keys}
+    series = [{"label": label, "values": [summary.get(metric[k] + suffix) for k in keys],
+               "intervals": [summary.get(metric[k] + suffix + "_ci95") for k in keys]}
+              for label, suffix in (("with the images", ""), ("images blanked", "_images_blanked"))]
+    note = (f"{summary.get('checkpoint', '')}; MedSynth test split, "
+            + ", ".join(f"{k} n={summary.get(f'n_{k}')}" for k in keys) + "; 95% bootstrap intervals")
+    grouped_bars(path, "What the model learnt from the pixels: MedSynth with and without its images",
+                 [TASK_LABELS.get(k, k) for k in keys], series, note=note, formats=("png",),
+                 chance=[CHANCE.get(k) for k in keys])
+    return path
+
+
 def evaluate_last(cfg: DictConfig, ckpt: Path) -> dict[str, Any]:
     """The harness on ``ckpt`` as ``recipe.evaluate`` says, into ``<out_dir>/eval``; writes and returns the
     demo's ``<out_dir>/summary.json``. Needs Hydra initialised on conf/ (``@hydra.main`` does it)."""
@@ -146,6 +169,9 @@ def evaluate_last(cfg: DictConfig, ckpt: Path) -> dict[str, Any]:
     summary.update(checkpoint=str(ckpt), evaluation=str(eval_dir),
                    evaluation_command="python -m medgpt_oss.evaluate " + " ".join(overrides))
     out_dir.mkdir(parents=True, exist_ok=True)
+    summary["figure"] = str(learning_figure(summary, out_dir / "learning.png"))
+    summary["curves"] = [str(p) for stage in cfg.recipe.stages
+                         if (p := out_dir / stage.name / "curves.png").is_file()]
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -154,6 +180,8 @@ def evaluate_last(cfg: DictConfig, ckpt: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     summary = evaluate_last(cfg, run_curriculum(cfg))
     print(json.dumps(summary, indent=2))
+    print(f"\nThe proof of learning, as a figure: {summary['figure']}\nTraining curves: "
+          + (", ".join(summary["curves"]) or "none"), flush=True)
 
 
 if __name__ == "__main__":

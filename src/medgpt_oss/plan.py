@@ -75,11 +75,12 @@ def build_meta(cfg: DictConfig):
     import hydra
 
     from medgpt_oss.models.llm import LanguageModel
+    from medgpt_oss.models.lora import LoraSettings
     from medgpt_oss.models.quantize import check_lora_quantize, quantization_plan
     from medgpt_oss.models.vlm import MedVLM
 
     lora = _plain(cfg.lora) if cfg.get("lora") else None
-    targets = check_lora_quantize(lora)  # the same refusals as train, without the CUDA check
+    targets = check_lora_quantize(LoraSettings.of(lora))  # the same refusals as train, without the CUDA check
     encoder_cfg = _plain(cfg.encoder)
     encoder_cfg.update(scale="tiny", tiny=architecture(encoder_cfg["pretrained"]))
     llm_cfg = _plain(cfg.llm)
@@ -111,12 +112,12 @@ def _world(cfg: DictConfig) -> int:
 
 
 def _strategy(cfg: DictConfig) -> str:
-    target = str(cfg.strategy.get("_target_", cfg.strategy.get("name", "auto")))
-    if "FSDP" in target:
+    target = str(cfg.strategy.get("_target_", cfg.strategy.get("name", "auto"))).lower()  # a class or factory
+    if "fsdp" in target:
         return "fsdp_hybrid" if cfg.strategy.get("sharding_strategy") == "HYBRID_SHARD" else "fsdp"
-    if "DeepSpeed" in target:
+    if "deepspeed" in target:
         return "deepspeed_zero3"
-    return "ddp" if "DDP" in target else "auto"
+    return "ddp" if "ddp" in target else "auto"
 
 
 def _checkpointing(cfg: DictConfig) -> str | None:

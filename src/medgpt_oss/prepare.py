@@ -36,7 +36,8 @@ from medgpt_oss.data.conversation import ConversationError, HarmonyFormatter
 from medgpt_oss.data.dicom import is_dicom, read_dicom
 from medgpt_oss.data.images import HIGH_BIT_DEPTH_MODES, MAX_PIXELS, decode_within, to_rgb
 from medgpt_oss.data.shards import MANIFEST, PreparedRecord, ShardWriter, write_manifest
-from medgpt_oss.data.sources.base import Skip, Source, SourceLayoutError, SourceRecord, has_bad_text
+from medgpt_oss.data.published.layout import Skip, has_bad_text
+from medgpt_oss.data.sources.base import Source, SourceLayoutError, SourceRecord
 from medgpt_oss.trust import OutsideRootError, inside_root
 
 log = logging.getLogger("medgpt_oss.prepare")

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from medgpt_oss.config import CONF_DIR, MODEL_GROUPS, group_options
+from medgpt_oss.config import CONF_DIR, MODEL_GROUPS, group_options, load_option
 from medgpt_oss.stages.handoff import is_adapter, plain_name
 from medgpt_oss.trust import HPARAMS_KEYS
 
@@ -132,8 +132,8 @@ _MISSING = object()
 
 def _refused(path: str, mode: str, saved_model: Mapping[str, Any]) -> bool:
     group, _, key = path.partition(".")
-    if path in EXECUTION_KEYS:
-        return False
+    if path in EXECUTION_KEYS or path == "lora._target_":  # the class LoRA settings are read into (older
+        return False                                         # checkpoints name none), not a setting of the model
     component = saved_model.get(group) or {}
     tiny = component.get("scale") == "tiny" if isinstance(component, Mapping) else False
     if key == "init_seed":  # only random tiny weights come from it (full-scale added rows are saved)
@@ -148,7 +148,7 @@ def _refused(path: str, mode: str, saved_model: Mapping[str, Any]) -> bool:
 
 def _option_config(group: str, option: str, current: Mapping[str, Any] | None) -> Any:
     """conf/<group>/<option>.yaml as this run would resolve it (interpolations take this run's values)."""
-    raw = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+    raw = load_option(group, option)
     if not raw:
         return None
 

@@ -1,4 +1,9 @@
-"""Distribution strategies that need more than Lightning's defaults (conf/strategy/ picks them).
+"""Distribution strategies that need more than Lightning's defaults, and the factories conf/strategy/ names.
+
+The ``strategy/`` group's ``_target_`` is what ``train.py`` instantiates, with what the file holds:
+:func:`deepspeed` (its package is an optional extra, checked when the run starts) and :func:`fsdp`, whose
+wrap and recompute units are the model's own blocks: its files are partial, and ``train.py`` completes
+them with ``model_blocks`` (``MedVLM.fsdp_wrap_modules()``) once the model is built.
 
 ``TrainedOnlyFSDPStrategy`` is Lightning's FSDPStrategy with three differences:
 
@@ -12,6 +17,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,8 @@ from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.plugins.precision import FSDPPrecision, Precision
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+
+from medgpt_oss.config import MissingExtraError
 
 
 class NormClippingFSDPPrecision(FSDPPrecision):
@@ -129,3 +137,57 @@ class TrainedOnlyFSDPStrategy(FSDPStrategy):
         # on_load_checkpoint still checks which ones the checkpoint held.
         metadata["state_dict"] = module_state["model"]
         return metadata
+
+
+# -- the factories conf/strategy/ names -----------------------------------------------------------------
+
+def deepspeed(stage: int = 3, offload_optimizer: bool = False, offload_parameters: bool = False) -> Any:
+    """Lightning's DeepSpeedStrategy (ZeRO ``stage``), refused with the install line when DeepSpeed is not there."""
+    if importlib.util.find_spec("deepspeed") is None:
+        raise MissingExtraError(
+            "strategy=deepspeed_zero3 needs the 'deepspeed' package, which is not installed: "
+            "pip install 'medgpt-oss[deepspeed]' (or choose strategy=fsdp, which needs nothing extra)"
+        )
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    return DeepSpeedStrategy(stage=stage, offload_optimizer=offload_optimizer, offload_parameters=offload_parameters)
+
+
+def fsdp(model_blocks: set[type[torch.nn.Module]], sharding_strategy: str = "FULL_SHARD",
+         state_dict_type: str = "sharded", wrap_model_blocks: bool = True, checkpoint_model_blocks: bool = True,
+         llm_activation_checkpointing: str | None = None, accelerator: str | None = None,
+         devices: Any = None) -> TrainedOnlyFSDPStrategy:
+    """:class:`TrainedOnlyFSDPStrategy` whose FSDP units (``wrap_model_blocks``) and recomputed blocks
+    (``checkpoint_model_blocks``) are ``model_blocks``.
+
+    ``llm_activation_checkpointing`` (the llm group's own recompute setting) is refused together with
+    ``checkpoint_model_blocks``: the two would recompute the same layers twice. ``accelerator`` and ``devices``
+    (the trainer's) are checked for HYBRID_SHARD, which needs several GPUs per node.
+    """
+    if sharding_strategy.startswith("HYBRID"):
+        _check_hybrid_has_a_node_to_shard(accelerator, devices)
+    if checkpoint_model_blocks and llm_activation_checkpointing:
+        raise ValueError("strategy=fsdp already recomputes every model block; set llm.activation_checkpointing=null, "
+                         "or strategy.checkpoint_model_blocks=false to recompute only what "
+                         f"llm.activation_checkpointing={llm_activation_checkpointing} names")
+    return TrainedOnlyFSDPStrategy(
+        sharding_strategy=sharding_strategy, state_dict_type=state_dict_type,
+        auto_wrap_policy=model_blocks if wrap_model_blocks else None,
+        activation_checkpointing_policy=model_blocks if checkpoint_model_blocks else None,
+    )
+
+
+def _check_hybrid_has_a_node_to_shard(accelerator: str | None, devices: Any) -> None:
+    """HYBRID_SHARD shards over the GPUs FSDP counts on a node (CUDA's device count; 1 on CPU).
+
+    With one device per node the shard group is a single rank, and we measured (2 CPU processes)
+    that the ranks then train on their own halves of the batch: losses drift from one process's.
+    """
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if not on_gpu or devices in (1, "1", [0]):
+        raise ValueError(
+            "strategy=fsdp_hybrid shards within a node and needs several GPUs per node "
+            f"(here accelerator={accelerator}, devices={devices}); with one device per node FSDP "
+            "shards over a single rank and, as measured on CPU, does not combine the ranks' gradients. "
+            "Use strategy=fsdp (or ddp) instead."
+        )

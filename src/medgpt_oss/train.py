@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import logging
 import os
 import sys
@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from medgpt_oss.config import CONF_DIR, available_stages, model_config
+from medgpt_oss.config import CONF_DIR, MissingExtraError, available_stages, model_config
 from medgpt_oss.models.hub import MissingWeightsError, resolve_pretrained
 from medgpt_oss.provenance import RESUME
 from medgpt_oss.provenance import check as check_provenance
@@ -73,63 +74,30 @@ def check_checkpoint_file(path: Any, option: str) -> None:
             f"entries run past the end of the file); use another checkpoint, e.g. an earlier step*.ckpt next to it")
 
 
-class MissingExtraError(RuntimeError):
-    """A config choice needs an optional dependency that is not installed."""
-
-
-def check_strategy_available(cfg: DictConfig) -> None:
-    """Fail before any model work when the chosen strategy's optional package is missing."""
-    package = cfg.strategy.get("requires_package")
-    if package and importlib.util.find_spec(package) is None:
-        raise MissingExtraError(
-            f"strategy {cfg.strategy.get('_target_')} needs the '{package}' package, which is not installed: "
-            f"pip install 'medgpt-oss[{package}]' "
-            "(or choose strategy=fsdp, which needs nothing extra)"
-        )
-
-
-def build_strategy(cfg: DictConfig, stage: Any) -> Any:
-    """Strategy from the `strategy/` group; FSDP wrap/checkpoint units come from the model itself.
+def choose_strategy(cfg: DictConfig) -> Any:
+    """The ``strategy/`` group's choice, instantiated from its file before any model work (a strategy whose
+    optional package is missing stops the run here, in seconds): a Lightning strategy, Lightning's own name
+    for one (``auto``), or -- FSDP -- a factory that takes the model's blocks (:func:`with_model_blocks`).
 
     Precision is not set here: it is the trainer's (`trainer.precision`), and Lightning hands it to
     the strategy (FSDP MixedPrecision, DeepSpeed bf16), so `trainer=gpu strategy=fsdp` trains bf16-mixed.
     """
-    spec = OmegaConf.to_container(cfg.strategy, resolve=True)
-    if "_target_" not in spec:
-        return spec["name"]
-    spec.pop("requires_package", None)  # checked by train() before any model work
-    if str(spec.get("sharding_strategy", "")).startswith("HYBRID"):
-        _check_hybrid_has_a_node_to_shard(cfg)
-    blocks = stage.vlm.fsdp_wrap_modules()
-    if spec.pop("auto_wrap_model_blocks", False):
-        spec["auto_wrap_policy"] = blocks
-    if spec.pop("checkpoint_model_blocks", False):
-        if cfg.llm.get("activation_checkpointing"):
-            raise ValueError(f"strategy={cfg.strategy.get('name', 'fsdp')} already recomputes every model block; "
-                             "set llm.activation_checkpointing=null, or strategy.checkpoint_model_blocks=false to "
-                             f"recompute only what llm.activation_checkpointing={cfg.llm.activation_checkpointing} "
-                             "names")
-        spec["activation_checkpointing_policy"] = blocks
-    return hydra.utils.instantiate(spec)
+    if "_target_" not in cfg.strategy:
+        return cfg.strategy.name
+    try:
+        return hydra.utils.instantiate(cfg.strategy, _convert_="all")
+    except InstantiationException as exc:  # Hydra wraps what the factory raised: a missing extra is said as it is
+        if isinstance(exc.__cause__, MissingExtraError):
+            raise exc.__cause__ from None
+        raise
 
 
-def _check_hybrid_has_a_node_to_shard(cfg: DictConfig) -> None:
-    """HYBRID_SHARD shards over the GPUs FSDP counts on a node (CUDA's device count; 1 on CPU).
-
-    With one device per node the shard group is a single rank, and we measured (2 CPU processes)
-    that the ranks then train on their own halves of the batch: losses drift from one process's.
-    """
-    import torch
-
-    accelerator = cfg.trainer.accelerator
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if not on_gpu or cfg.trainer.devices in (1, "1", [0]):
-        raise ValueError(
-            "strategy=fsdp_hybrid shards within a node and needs several GPUs per node "
-            f"(here accelerator={accelerator}, devices={cfg.trainer.devices}); with one device per node FSDP "
-            "shards over a single rank and, as measured on CPU, does not combine the ranks' gradients. "
-            "Use strategy=fsdp (or ddp) instead."
-        )
+def with_model_blocks(strategy: Any, vlm: Any) -> Any:
+    """A strategy factory still waiting for the model (strategy=fsdp: its FSDP and recompute units are the
+    model's own blocks) called with them; any other strategy as it is."""
+    if isinstance(strategy, functools.partial):
+        return strategy(model_blocks=vlm.fsdp_wrap_modules())
+    return strategy
 
 
 def _one_run_folder_for_all_ranks() -> None:
@@ -196,7 +164,7 @@ def train(cfg: DictConfig) -> tuple[Any, Any]:
 
     L.seed_everything(cfg.seed, workers=True)
     check_pretrained(cfg)
-    check_strategy_available(cfg)
+    strategy = choose_strategy(cfg)
     # An empty or cut-short checkpoint file is named here, in seconds, not deep inside torch.load.
     check_checkpoint_file(cfg.get("ckpt_path"), "ckpt_path")
     check_checkpoint_file(cfg.stage.get("init_from") or cfg.get("init_from"), "init_from")
@@ -223,7 +191,7 @@ def train(cfg: DictConfig) -> tuple[Any, Any]:
         cfg.trainer,
         logger=_instantiate_all(cfg.get("logger")) or False,
         callbacks=_with_step_progress_bar(cfg, _instantiate_all(cfg.get("callbacks"))),
-        strategy=build_strategy(cfg, stage),
+        strategy=with_model_blocks(strategy, stage.vlm),
     )
     if trainer.is_global_zero:
         Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)

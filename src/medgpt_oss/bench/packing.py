@@ -26,7 +26,7 @@ from medgpt_oss.data.datamodule import ResumableShuffleSampler
 from medgpt_oss.data.jsonl import read_jsonl
 from medgpt_oss.data.packing import PackedBatchSampler, plan_rows
 from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
-from medgpt_oss.data.synthetic import ensure_medsynth
+from medgpt_oss.data.medsynth.generate import ensure_medsynth
 from medgpt_oss.harmony import IMAGE_TOKEN
 from medgpt_oss.models.tokenizer import load_tokenizer
 

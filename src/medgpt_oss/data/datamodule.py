@@ -15,7 +15,7 @@ from medgpt_oss.data.conversation import IGNORE_INDEX
 from medgpt_oss.data.jsonl import read_records
 from medgpt_oss.data.packing import PackedBatchSampler
 from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
-from medgpt_oss.data.sources.base import BadField, file_names, has_bad_text
+from medgpt_oss.data.published.layout import BadField, file_names, has_bad_text
 
 
 class ConversationDataset(Dataset):
@@ -201,7 +201,7 @@ class ConversationDataModule(CountsSkippedSamples, L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.synth is not None:
-            from medgpt_oss.data.synthetic import ensure_medsynth
+            from medgpt_oss.data.medsynth.generate import ensure_medsynth
 
             ensure_medsynth(self.root, **self.synth)
 

@@ -29,13 +29,13 @@ def tiny_vlm(encoder: str = "clip", projector: str = "mlp2x_gelu"):
     """The tiny-scale MedVLM of the shipped configs (random init, same classes as full scale)."""
     from omegaconf import OmegaConf
 
-    from medgpt_oss.config import CONF_DIR
+    from medgpt_oss.config import load_option
     from medgpt_oss.models.vlm import MedVLM
 
-    cfg = OmegaConf.create({"scale": "tiny", "init_seed": 0, "chat": OmegaConf.load(CONF_DIR / "chat/harmony.yaml")})
-    cfg.encoder = OmegaConf.load(CONF_DIR / f"encoder/{encoder}.yaml")
-    cfg.projector = OmegaConf.load(CONF_DIR / f"projector/{projector}.yaml")
-    cfg.llm = OmegaConf.load(CONF_DIR / "llm/gpt_oss.yaml")
+    cfg = OmegaConf.create({"scale": "tiny", "init_seed": 0, "chat": load_option("chat", "harmony")})
+    cfg.encoder = load_option("encoder", encoder)
+    cfg.projector = load_option("projector", projector)
+    cfg.llm = load_option("llm", "gpt_oss")
     cfg.lora = None
     return MedVLM.from_config(cfg).eval()
 

@@ -71,7 +71,7 @@ def load_vlm(ckpt: str, device: str = "cpu", trusted_targets: Sequence[str] = ()
     ``trusted_targets``: classes outside this project a checkpoint may name (``medgpt_oss.trust``)."""
     path = Path(ckpt)
     if path.is_dir():
-        from medgpt_oss.models.hf import medvlm_from_export
+        from medgpt_oss.models.load_export import medvlm_from_export
 
         return medvlm_from_export(path).to(device).eval()
     if not path.is_file():

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medgpt_oss.data.jsonl import read_jsonl
+from medgpt_oss.data.jsonl import BadLine, json_lines, read_jsonl
 from medgpt_oss.eval.benchmarks.base import Benchmark, EvalItem, MalformedItem
 from medgpt_oss.eval.prompts import build_prompt, to_record
 from medgpt_oss.harmony import answer_in, final_answer
@@ -74,27 +74,23 @@ def read_predictions(path: str | Path) -> PredictionsFile:
     An id given twice is kept once when both answers agree and is an error when they differ.
     """
     found = PredictionsFile(str(path), {})
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                rid, output = rec["id"], rec["output"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{line_no}: expected a JSON object with 'id' and 'output' ({exc})") from exc
-            found.lines += 1
-            if not isinstance(rid, str):
-                found.non_string_ids.append(str(rid))
-            rid = str(rid)
-            answer = answer_in(output) if isinstance(output, str) else None
-            if rid in found.outputs:
-                if found.outputs[rid] != answer:
-                    raise ValueError(f"{path}:{line_no}: id '{rid}' was answered before with a different output; "
-                                     "keep one answer per id")
-                found.duplicate_ids.append(rid)
-                continue
-            found.outputs[rid] = answer
+    for line_no, rec in json_lines(path):
+        if isinstance(rec, BadLine) or "id" not in rec or "output" not in rec:
+            problem = rec.problem if isinstance(rec, BadLine) else f"it has {sorted(rec)}"
+            raise ValueError(f"{path}:{line_no}: expected a JSON object with 'id' and 'output' ({problem})")
+        rid, output = rec["id"], rec["output"]
+        found.lines += 1
+        if not isinstance(rid, str):
+            found.non_string_ids.append(str(rid))
+        rid = str(rid)
+        answer = answer_in(output) if isinstance(output, str) else None
+        if rid in found.outputs:
+            if found.outputs[rid] != answer:
+                raise ValueError(f"{path}:{line_no}: id '{rid}' was answered before with a different output; "
+                                 "keep one answer per id")
+            found.duplicate_ids.append(rid)
+            continue
+        found.outputs[rid] = answer
     return found
 
 

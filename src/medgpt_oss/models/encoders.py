@@ -40,6 +40,13 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 
 Triple = tuple[float, float, float]
 
+# Config fields of a transformers vision tower that are bookkeeping, not architecture.
+NOT_ARCHITECTURE = {
+    "_name_or_path", "architectures", "dtype", "transformers_version", "model_type", "id2label", "label2id",
+    "problem_type", "return_dict", "output_hidden_states", "output_attentions", "chunk_size_feed_forward",
+    "is_encoder_decoder",
+}
+
 
 class VisionEncoder(nn.Module):
     """Abstract backbone: ``pixel_values [N,3,H,W] -> [N, num_tokens, hidden_size]``.
@@ -54,7 +61,7 @@ class VisionEncoder(nn.Module):
         dtype: torch dtype name for full-scale loading (default float32).
 
     Subclasses implement :meth:`_load_pretrained`, :meth:`_build_tiny`,
-    :meth:`_hidden_states` and :meth:`fsdp_wrap_modules`; both builders must set
+    :meth:`_hidden_states`, :meth:`fsdp_wrap_modules` and :meth:`architecture`; both builders must set
     ``hidden_size``, ``image_size``, ``patch_size``, ``image_mean``, ``image_std``
     and ``num_layers`` (transformer blocks in the model).
     """
@@ -111,6 +118,12 @@ class VisionEncoder(nn.Module):
     def fsdp_wrap_modules(self) -> set[type[nn.Module]]:
         """The transformer block class(es) to auto-wrap for FSDP."""
         raise NotImplementedError
+
+    def architecture(self) -> dict[str, Any]:
+        """The ``tiny`` dict from which this class builds this exact architecture (``scale="tiny"``): an
+        export's ``config.json`` holds it, and the exported weights replace the random init."""
+        raise NotImplementedError(f"{type(self).__name__} cannot describe its architecture for an export; "
+                                  "give it an architecture() method")
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         return self._hidden_states(pixel_values, self._layer_index())
@@ -208,6 +221,10 @@ class _HFVisionEncoder(VisionEncoder):
 
     def fsdp_wrap_modules(self) -> set[type[nn.Module]]:
         return {type(layer) for layer in self._tower.encoder.layers}
+
+    def architecture(self) -> dict[str, Any]:
+        allowed = set(self.config_cls().to_dict()) - NOT_ARCHITECTURE
+        return {k: v for k, v in self.model.config.to_dict().items() if k in allowed}
 
     def _hidden_states(self, pixel_values: Tensor, index: int) -> Tensor:
         dtype = self._tower.embeddings.patch_embedding.weight.dtype
@@ -308,9 +325,14 @@ class OpenCLIPTimmEncoder(VisionEncoder):
         self.hidden_size, self.image_size, self.patch_size = self.trunk.embed_dim, image_size, patch[0]
         self.num_layers = len(self.trunk.blocks)
         self.image_mean, self.image_std = tuple(map(float, mean)), tuple(map(float, std))
+        # The fields of the tiny dict (or of the checkpoint's vision_cfg) that chose this architecture.
+        self._vision_cfg = {k: vision_cfg[k] for k in self.TINY_KEYS if k in vision_cfg}
 
     def fsdp_wrap_modules(self) -> set[type[nn.Module]]:
         return {type(block) for block in self.trunk.blocks}
+
+    def architecture(self) -> dict[str, Any]:
+        return dict(self._vision_cfg)
 
     def _layer_index(self) -> int:
         index = super()._layer_index()

@@ -11,7 +11,7 @@ is the harmony format the model trained with (:func:`medgpt_oss.harmony.chat_tem
 
 The weight names map one to one (:data:`KEY_MAP`); :func:`llava_incompatibility` says why a
 model does not fit (another encoder or projector, tiles), in which case the export keeps our
-own class (:mod:`medgpt_oss.models.hf`).
+own class (:mod:`medgpt_oss.models.export_model`).
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def medvlm_from_llava(path: str | Path, **from_pretrained_kwargs: Any):
 
     from medgpt_oss.harmony import ChatSettings
     from medgpt_oss.models.encoders import CLIPEncoder, SiglipEncoder
-    from medgpt_oss.models.hf import ExportedLanguageModel
+    from medgpt_oss.models.llm import ExportedLanguageModel
     from medgpt_oss.models.projectors import MLPProjector
     from medgpt_oss.models.vlm import MedVLM
 

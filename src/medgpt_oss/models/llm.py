@@ -1,5 +1,8 @@
 """The language model: any ``AutoModelForCausalLM`` (GPT-oss by default) + its tokenizer + LoRA.
 
+:class:`LanguageModelBase` is what a MedVLM uses of it, however it was built: :class:`LanguageModel` from
+the ``llm`` config group, :class:`ExportedLanguageModel` from an export's transformers config.
+
 ``scale=full`` loads weights from a local folder or the HF cache (never the
 network); ``scale=tiny`` builds the same model class from a small config with a
 deterministic random init and the shipped tiny harmony tokenizer.
@@ -7,17 +10,21 @@ deterministic random init and the shipped tiny harmony tokenizer.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from medgpt_oss.models.attention import FLEX, packed_block_masks  # importing registers attn_implementation="flex"
 from medgpt_oss.models.document_attention import EAGER_PACKED, SampleSpans  # registers "eager_packed"
 from medgpt_oss.models.hub import check_scale, resolve_pretrained
+from medgpt_oss.models.lora import LoraSettings
 from medgpt_oss.models.loss import chunked_cross_entropy
 from medgpt_oss.models.quantize import (
     NF4Embedding, QuantPlan, check_lora_quantize, load_quantized, quantize_model, require_cuda_bitsandbytes,
@@ -31,116 +38,27 @@ def _dtype(name: str | None) -> torch.dtype | None:
     return getattr(torch, name) if name else None
 
 
-def lora_config(cfg: dict[str, Any], dropout: float | None = None):
-    """The peft ``LoraConfig`` of a ``lora`` config group (``dropout``: override, e.g. 0 to merge adapters)."""
-    from peft import LoraConfig
+class LanguageModelBase(nn.Module):
+    """A causal LM as a MedVLM uses it: token embeddings, the forward (packed-row masks, chunked loss), the
+    embedding rows added for the image token, LoRA adapters.
 
-    return LoraConfig(
-        r=cfg["rank"],
-        lora_alpha=cfg.get("alpha", 2 * cfg["rank"]),
-        lora_dropout=cfg.get("dropout", 0.0) if dropout is None else dropout,
-        target_modules=list(cfg.get("target_modules") or []) or None,
-        target_parameters=list(cfg.get("target_parameters") or []) or None,
-        bias="none",
-    )
+    Subclasses build ``self.model`` (the transformers causal LM) and set ``self.tokenizer``.
+    """
 
-
-class LanguageModel(nn.Module):
-    """Causal LM + tokenizer, with the image sentinel token registered and optional LoRA."""
-
-    def __init__(
-        self,
-        pretrained: str,
-        scale: str = "full",
-        tiny: dict[str, Any] | None = None,
-        tokenizer: str | None = None,
-        image_token: str = IMAGE_TOKEN,
-        dtype: str | None = None,
-        attn_implementation: str | None = "eager",
-        init_seed: int = 0,
-        lora: dict[str, Any] | None = None,
-        loss_chunk_size: int | None = None,
-        chat: ChatSettings | dict[str, Any] | None = None,
-        activation_checkpointing: str | None = None,
-        compile: str | None = None,
-    ) -> None:
+    def __init__(self, pretrained_id: str, image_token: str, chat: ChatSettings,
+                 lora_config: dict[str, Any] | None = None, loss_chunk_size: int | None = None) -> None:
         super().__init__()
+        self.pretrained_id = pretrained_id
+        self.image_token = image_token
         # The harmony system message's settings (date, reasoning effort, identity): part of the model's
         # input format, so they travel with it into checkpoints, data, evaluation and exports.
-        self.chat = ChatSettings.of(OmegaConf.to_container(chat) if isinstance(chat, DictConfig) else chat)
-        self.init_seed = int(init_seed)
+        self.chat = chat
+        self.lora_config = lora_config
         # Set: the training loss runs the output head in chunks of this many supervised tokens (models/loss.py)
         # and forward(labels=...) returns the loss without logits. None: the plain transformers loss.
         self.loss_chunk_size = loss_chunk_size
-        self.pretrained_id = pretrained
-        self.lora_config = dict(lora) if lora else None
-        # QLoRA (lora.quantize): the combination and the machine are checked before anything is loaded.
-        quant_targets = check_lora_quantize(self.lora_config)
-        if quant_targets:
-            require_cuda_bitsandbytes()
-        self.quantization: QuantPlan | None = None  # what is stored in 4-bit (models/quantize.py)
-        if check_scale(scale) == "full":
-            path = resolve_pretrained(pretrained, "llm.pretrained")
-            tok_path = resolve_pretrained(tokenizer, "llm.tokenizer") if tokenizer else path
-            self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(tok_path)
-            if quant_targets:  # meta skeleton, checkpoint streamed into 4-bit on the GPU: never whole in bf16
-                self.model, self.quantization = load_quantized(
-                    path, quant_targets, _dtype(dtype) or torch.bfloat16,
-                    torch.device("cuda", torch.cuda.current_device()), attn_implementation)
-            else:
-                self.model = AutoModelForCausalLM.from_pretrained(
-                    path, dtype=_dtype(dtype), attn_implementation=attn_implementation
-                )
-        else:
-            # Plain nested dicts: transformers' config fields (e.g. rope_parameters) reject DictConfig.
-            tiny = OmegaConf.to_container(tiny, resolve=True) if isinstance(tiny, DictConfig) else dict(tiny or {})
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or TINY_TOKENIZER_DIR)
-            model_type = tiny.pop("model_type")
-            tiny.setdefault("vocab_size", len(self.tokenizer))
-            config = AutoConfig.for_model(model_type, **tiny)
-            config._attn_implementation = attn_implementation
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(init_seed)  # same config -> bit-identical weights, so reloads match
-                self.model = AutoModelForCausalLM.from_config(config)
-        self._register_special_tokens(image_token)
-        self.image_token = image_token
-        if quant_targets and self.quantization is None:  # scale=tiny: built above, quantized on the GPU in place
-            self.model.to(torch.cuda.current_device())
-            self.quantization = quantize_model(self.model, quant_targets, dtype=_dtype(dtype))
-        if self.lora_config:
-            self._apply_lora(self.lora_config)
-        # Speed/memory switches on the decoder layers (models/recompute.py); weight names do not change.
-        self.checkpointed = apply_activation_checkpointing(self.model, activation_checkpointing)
-        compile_layers(self.model, compile)
-
-    def _register_special_tokens(self, image_token: str) -> None:
-        """Give the tokenizer the image token (and, if it lacks them, harmony's control tokens).
-
-        GPT-oss has 201,088 embedding rows for 200,019 tokens: the new token takes a spare row and
-        nothing is resized. Only a tokenizer without spare rows grows the embeddings (see
-        :meth:`_grow_embeddings`); ``added_rows`` then holds the first new row.
-        """
-        add_format_tokens(self.tokenizer, image_token)
-        rows = self.model.get_input_embeddings().num_embeddings
-        self.added_rows: int | None = None
-        if len(self.tokenizer) > rows and isinstance(self.model.get_input_embeddings(), NF4Embedding):
-            raise ValueError(f"the tokenizer needs {len(self.tokenizer) - rows} new embedding rows, which a 4-bit "
-                             "embedding cannot grow; drop 'embed' from lora.quantize_modules")
-        if len(self.tokenizer) > rows:
-            self._grow_embeddings(rows, len(self.tokenizer))
-
-    def _grow_embeddings(self, old: int, new: int) -> None:
-        """Resize to ``new`` rows; rows ``old..new-1`` drawn from the old rows' per-dimension mean and std
-        with a generator seeded by ``init_seed``: the same rows on every build, whatever the global RNG,
-        and the checkpoints save them too (:meth:`added_rows_state`)."""
-        self.model.resize_token_embeddings(new, mean_resizing=False)
-        generator = torch.Generator().manual_seed(self.init_seed)
-        with torch.no_grad():
-            for matrix in self._row_matrices():
-                base = matrix[:old].float()
-                noise = torch.randn(new - old, matrix.shape[1], generator=generator)
-                matrix[old:] = (base.mean(0) + noise * base.std(0)).to(matrix.dtype)
-        self.added_rows = old
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.added_rows: int | None = None  # first row added to the embedding matrices; None: none added
 
     def _row_matrices(self) -> list[torch.Tensor]:
         """The input embedding and (when not tied to it) the output head: the matrices with a row per token."""
@@ -171,10 +89,15 @@ class LanguageModel(nn.Module):
                                      f"{tuple(matrix[self.added_rows:].shape)}; same llm and tokenizer needed")
                 matrix[self.added_rows:] = rows.to(matrix.dtype)
 
-    def _apply_lora(self, cfg: dict[str, Any]) -> None:
-        from peft import get_peft_model
+    def load_lora_adapter(self, path: str | Path) -> None:
+        """Wrap the causal LM with a saved peft adapter (e.g. an export's unmerged ``lora_adapter/``)."""
+        from peft import PeftModel
 
-        self.model = get_peft_model(self.model, lora_config(cfg))
+        path = Path(path)
+        if not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"'{path}' holds no LoRA adapter (adapter_config.json)")
+        self.model = PeftModel.from_pretrained(self.model, str(path))
+        self.lora_config = json.loads((path / "adapter_config.json").read_text())
 
     @property
     def hidden_size(self) -> int:
@@ -234,3 +157,119 @@ class LanguageModel(nn.Module):
         hidden = self.model.get_decoder()(**kwargs).last_hidden_state
         head = self.model.get_output_embeddings()
         return CausalLMOutputWithPast(loss=chunked_cross_entropy(hidden, head, labels, self.loss_chunk_size))
+
+
+class LanguageModel(LanguageModelBase):
+    """Causal LM + tokenizer built from the ``llm`` config group, with the image sentinel token registered and
+    optional LoRA."""
+
+    def __init__(
+        self,
+        pretrained: str,
+        scale: str = "full",
+        tiny: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        image_token: str = IMAGE_TOKEN,
+        dtype: str | None = None,
+        attn_implementation: str | None = "eager",
+        init_seed: int = 0,
+        lora: LoraSettings | Mapping[str, Any] | None = None,
+        loss_chunk_size: int | None = None,
+        chat: ChatSettings | dict[str, Any] | None = None,
+        activation_checkpointing: str | None = None,
+        compile: str | None = None,
+    ) -> None:
+        lora = LoraSettings.of(lora)  # conf/lora/ (models/lora.py)
+        super().__init__(
+            pretrained_id=pretrained, image_token=image_token,
+            chat=ChatSettings.of(OmegaConf.to_container(chat) if isinstance(chat, DictConfig) else chat),
+            lora_config=lora.as_dict() if lora else None, loss_chunk_size=loss_chunk_size,
+        )
+        self.init_seed = int(init_seed)
+        # QLoRA (lora.quantize): the combination and the machine are checked before anything is loaded.
+        quant_targets = check_lora_quantize(lora)
+        if quant_targets:
+            require_cuda_bitsandbytes()
+        self.quantization: QuantPlan | None = None  # what is stored in 4-bit (models/quantize.py)
+        if check_scale(scale) == "full":
+            path = resolve_pretrained(pretrained, "llm.pretrained")
+            tok_path = resolve_pretrained(tokenizer, "llm.tokenizer") if tokenizer else path
+            self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(tok_path)
+            if quant_targets:  # meta skeleton, checkpoint streamed into 4-bit on the GPU: never whole in bf16
+                self.model, self.quantization = load_quantized(
+                    path, quant_targets, _dtype(dtype) or torch.bfloat16,
+                    torch.device("cuda", torch.cuda.current_device()), attn_implementation)
+            else:
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    path, dtype=_dtype(dtype), attn_implementation=attn_implementation
+                )
+        else:
+            # Plain nested dicts: transformers' config fields (e.g. rope_parameters) reject DictConfig.
+            tiny = OmegaConf.to_container(tiny, resolve=True) if isinstance(tiny, DictConfig) else dict(tiny or {})
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or TINY_TOKENIZER_DIR)
+            model_type = tiny.pop("model_type")
+            tiny.setdefault("vocab_size", len(self.tokenizer))
+            config = AutoConfig.for_model(model_type, **tiny)
+            config._attn_implementation = attn_implementation
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)  # same config -> bit-identical weights, so reloads match
+                self.model = AutoModelForCausalLM.from_config(config)
+        self._register_special_tokens(image_token)
+        if quant_targets and self.quantization is None:  # scale=tiny: built above, quantized on the GPU in place
+            self.model.to(torch.cuda.current_device())
+            self.quantization = quantize_model(self.model, quant_targets, dtype=_dtype(dtype))
+        if lora:
+            self._apply_lora(lora)
+        # Speed/memory switches on the decoder layers (models/recompute.py); weight names do not change.
+        self.checkpointed = apply_activation_checkpointing(self.model, activation_checkpointing)
+        compile_layers(self.model, compile)
+
+    def _register_special_tokens(self, image_token: str) -> None:
+        """Give the tokenizer the image token (and, if it lacks them, harmony's control tokens).
+
+        GPT-oss has 201,088 embedding rows for 200,019 tokens: the new token takes a spare row and
+        nothing is resized. Only a tokenizer without spare rows grows the embeddings (see
+        :meth:`_grow_embeddings`); ``added_rows`` then holds the first new row.
+        """
+        add_format_tokens(self.tokenizer, image_token)
+        rows = self.model.get_input_embeddings().num_embeddings
+        if len(self.tokenizer) > rows and isinstance(self.model.get_input_embeddings(), NF4Embedding):
+            raise ValueError(f"the tokenizer needs {len(self.tokenizer) - rows} new embedding rows, which a 4-bit "
+                             "embedding cannot grow; drop 'embed' from lora.quantize_modules")
+        if len(self.tokenizer) > rows:
+            self._grow_embeddings(rows, len(self.tokenizer))
+
+    def _grow_embeddings(self, old: int, new: int) -> None:
+        """Resize to ``new`` rows; rows ``old..new-1`` drawn from the old rows' per-dimension mean and std
+        with a generator seeded by ``init_seed``: the same rows on every build, whatever the global RNG,
+        and the checkpoints save them too (:meth:`added_rows_state`)."""
+        self.model.resize_token_embeddings(new, mean_resizing=False)
+        generator = torch.Generator().manual_seed(self.init_seed)
+        with torch.no_grad():
+            for matrix in self._row_matrices():
+                base = matrix[:old].float()
+                noise = torch.randn(new - old, matrix.shape[1], generator=generator)
+                matrix[old:] = (base.mean(0) + noise * base.std(0)).to(matrix.dtype)
+        self.added_rows = old
+
+    def _apply_lora(self, lora: LoraSettings) -> None:
+        from peft import get_peft_model
+
+        self.model = get_peft_model(self.model, lora.peft_config())
+
+
+class ExportedLanguageModel(LanguageModelBase):
+    """The LLM rebuilt from an export's transformers config (or around an already-loaded causal LM): same
+    module tree and weight names as :class:`LanguageModel`, but no tokenizer (the caller may set one) and
+    no pretrained weights. Its loss is the plain transformers one, and its embedding matrices hold every row."""
+
+    def __init__(self, text_config: PreTrainedConfig, image_token: str, image_token_id: int,
+                 model: nn.Module | None = None, chat: dict[str, Any] | None = None) -> None:
+        super().__init__(pretrained_id=getattr(text_config, "_name_or_path", "") or "exported",
+                         image_token=image_token, chat=ChatSettings.of(chat))
+        self._image_token_id = int(image_token_id)
+        self.model = model if model is not None else AutoModelForCausalLM.from_config(text_config)
+
+    @property
+    def image_token_id(self) -> int:
+        return self._image_token_id

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medgpt_oss.models.lora import LoraSettings
+
 QUANT_KINDS = ("nf4",)
 TARGETS = ("experts", "linear", "embed", "lm_head")
 DEFAULT_TARGETS = ("experts", "linear", "embed")
@@ -50,24 +52,23 @@ class QuantizationUnavailableError(RuntimeError):
 
 # -- config checks (run before any model is built) -----------------------------------------------------
 
-def quantize_targets(lora: dict[str, Any] | None) -> tuple[str, ...]:
-    """The targets a ``lora`` config quantizes: ``()`` without ``lora.quantize``."""
-    if not lora or not lora.get("quantize"):
+def quantize_targets(lora: LoraSettings | None) -> tuple[str, ...]:
+    """The targets the ``lora`` settings quantize: ``()`` without ``lora.quantize``."""
+    if lora is None or not lora.quantize:
         return ()
-    kind = lora["quantize"]
-    if kind not in QUANT_KINDS:
-        raise ValueError(f"lora.quantize must be one of {list(QUANT_KINDS)} or null, got {kind!r}")
-    targets = tuple(lora.get("quantize_modules") or DEFAULT_TARGETS)
+    if lora.quantize not in QUANT_KINDS:
+        raise ValueError(f"lora.quantize must be one of {list(QUANT_KINDS)} or null, got {lora.quantize!r}")
+    targets = tuple(lora.quantize_modules or DEFAULT_TARGETS)
     unknown = sorted(set(targets) - set(TARGETS))
     if unknown:
         raise ValueError(f"lora.quantize_modules: unknown {unknown}; choose from {list(TARGETS)}")
     return targets
 
 
-def check_lora_quantize(lora: dict[str, Any] | None) -> tuple[str, ...]:
+def check_lora_quantize(lora: LoraSettings | None) -> tuple[str, ...]:
     """Refuse LoRA on quantized experts; return the quantize targets."""
     targets = quantize_targets(lora)
-    expert_lora = [p for p in (lora or {}).get("target_parameters") or [] if "experts" in str(p)]
+    expert_lora = [p for p in (lora.target_parameters if lora else ()) if "experts" in p]
     if "experts" in targets and expert_lora:
         raise QuantizationUnavailableError(
             f"lora.target_parameters={expert_lora} puts LoRA on the expert weights, but lora.quantize stores "
@@ -81,9 +82,7 @@ def check_lora_quantize(lora: dict[str, Any] | None) -> tuple[str, ...]:
 
 def check_quantization(cfg: Any) -> None:
     """``train.py`` calls this before any model work: QLoRA needs a CUDA GPU and bitsandbytes."""
-    lora = cfg.get("lora")
-    lora = dict(lora) if lora else None
-    if not check_lora_quantize(lora):
+    if not check_lora_quantize(LoraSettings.of(cfg.get("lora"))):
         return
     require_cuda_bitsandbytes()
 

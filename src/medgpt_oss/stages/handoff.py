@@ -12,18 +12,23 @@ stage's adapters are either
   expert-parameter form for ``lora.target_parameters``), computed on a meta-device copy of the
   architecture that holds only the adapters, so the base model is never copied; or
 * ``keep``: loaded as this stage's adapters, which then continue training (needs the same LoRA shape).
+
+:func:`read_previous_stage` is the whole hand-off: the checkpoint read, checked and brought to this model.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from medgpt_oss.models.llm import lora_config
+from medgpt_oss.models.lora import LoraSettings
+from medgpt_oss.stages.checkpoint_state import ADDED_ROWS_KEY
+from medgpt_oss.trust import load_checkpoint
 
 HANDOFF_LORA = ("merge", "keep")
 LLM_PREFIX = "vlm.llm.model."
@@ -65,7 +70,7 @@ def lora_deltas(hf_config: Any, lora: dict[str, Any], adapters: dict[str, torch.
 
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(copy.deepcopy(hf_config))
-    skeleton = get_peft_model(skeleton, lora_config(lora, dropout=0.0))  # merging only: no dropout
+    skeleton = get_peft_model(skeleton, LoraSettings.of(lora).peft_config(dropout=0.0))  # merging only: no dropout
     used, deltas = set(), {}
     for name, module in skeleton.named_modules():
         if not isinstance(module, LoraLayer) or "default" not in module.lora_A:
@@ -131,3 +136,33 @@ def handoff_state(checkpoint_state: dict[str, torch.Tensor], own_state: dict[str
             raise ValueError(f"adapter delta {tuple(delta.shape)} does not fit {name} {tuple(weight.shape)}")
         out[own_name] = (weight.detach().float() + delta.float().to(weight.device)).to(weight.dtype)
     return out
+
+
+def read_previous_stage(ckpt_path: str, stage: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """What ``stage`` starts from: the weights the stage at ``ckpt_path`` trained or received (its checkpoint holds
+    only those) under this model's own names, and the embedding rows its LLM added.
+
+    The checkpoint must come from the same model (:func:`medgpt_oss.provenance.check`), before any weight moves.
+    """
+    from medgpt_oss import provenance  # at call time: provenance reads weight names with this module's helpers
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from checkpoint '{ckpt_path}' does not exist")
+    checkpoint = load_checkpoint(path)  # weights only: a pickle payload is refused, naming the file
+    provenance.check(checkpoint, stage, provenance.INIT_FROM, ckpt_path)
+    previous_lora = (provenance.hyper_parameters(checkpoint).get("model") or {}).get("lora")
+    llm = stage.vlm.llm
+    trained_llm = [k for k in checkpoint["state_dict"] if k.startswith(LLM_PREFIX)]
+    if trained_llm and (llm.lora_config or {}).get("quantize"):
+        # 4-bit base weights can take neither trained weights nor merged adapters.
+        raise ValueError(f"init_from '{ckpt_path}' trained the LLM ({len(trained_llm)} weights, e.g. "
+                         f"{trained_llm[0]}), and this stage stores it in 4-bit (lora.quantize), which cannot "
+                         "take trained weights or merge adapters: train this stage with a bf16 base (e.g. "
+                         "lora=r16), or start QLoRA from a stage that kept the LLM frozen")
+    state = handoff_state(
+        checkpoint["state_dict"], stage.state_dict(), previous_lora=previous_lora,
+        own_lora=llm.lora_config, mode=stage.handoff_lora, hf_config=llm.model.config,
+        ckpt_path=str(ckpt_path), lora_option=provenance.option_name("lora", previous_lora),
+    )
+    return state, checkpoint.get(ADDED_ROWS_KEY, {})

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, stable_choice, text, turns
+from medgpt_oss.data.published.layout import Skip, text
+from medgpt_oss.data.sources.base import Source, SourceRecord, stable_choice, turns
 
 # LLaVA's alignment data asks for a caption in varied words; the choice is fixed per image id.
 CAPTION_PROMPTS = (

@@ -6,7 +6,9 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, file_names, stable_split, text, turns
+from medgpt_oss.data.published.layout import Skip
+from medgpt_oss.data.published.reports import R2GenAnnotation
+from medgpt_oss.data.sources.base import Source, SourceRecord, stable_split, turns
 
 MULTIVIEW_PROMPT = ("These are the frontal and lateral views of a chest X-ray. "
                     "Write the findings section of the radiology report.")
@@ -21,11 +23,9 @@ def report_record(rid: str, split: str, images: list[Path], report: str, meta: d
 
 
 class IUXrayR2Gen(Source):
-    """Reads R2Gen's ``annotation.json`` and ``images/<id>/<0|1>.png``.
-
-    ``{train, val, test: [{id, report (findings), image_path [frontal, lateral],
-    split}]}`` -- the 2,069 / 296 / 590 split every report-generation paper uses.
-    A study with an empty report is a counted skip (``empty_findings``).
+    """R2Gen's ``annotation.json`` and ``images/<id>/<0|1>.png``, read by
+    :class:`~medgpt_oss.data.published.reports.R2GenAnnotation`: the 2,069 / 296 / 590 split every
+    report-generation paper uses. A study with an empty report is a counted skip (``empty_findings``).
     """
 
     name = "iu_xray"
@@ -38,28 +38,17 @@ images/<image_path>"""
         self.image_dir = image_dir
 
     def records(self) -> Iterator[SourceRecord | Skip]:
-        path = self.require("annotation.json")
-        data = self.read_json(path)
-        if not isinstance(data, dict):
-            raise self.layout_error(f"'{path}' must hold {{train, val, test: [records]}}")
-        image_dir = self.require(self.image_dir)
-        for split, recs in data.items():
-            entries = ((f"annotation.json[{split}][{i}]", rec) for i, rec in enumerate(recs if isinstance(recs, list)
-                                                                                     else [recs]))
-            yield from self.each(split, entries, lambda rid, rec, split=split: self._record(rid, rec, split, image_dir),
-                                 record_id=lambda rec: rec.get("id"))
-
-    def _record(self, rid: str, rec: dict, split: str, image_dir: Path) -> Iterator[SourceRecord | Skip]:
-        report = text(rec, "report", optional=True)
-        if not report:
-            yield Skip(rid, "empty_findings", "empty or missing report", "IU X-ray has studies without "
-                       "findings; nothing to fix unless you expected one", split, expected=True)
-            return
-        if not rec.get("image_path"):
-            yield Skip(rid, "missing_field", "no image_path", "", split)
-            return
-        paths = file_names(rec, "image_path")
-        yield report_record(rid, split, [image_dir / p for p in paths], report, {"study": rec.get("id")})
+        for study in R2GenAnnotation(self, self.image_dir).studies(f"{self.name}-"):
+            if isinstance(study, Skip):
+                yield study
+            elif not study.report:
+                yield Skip(study.id, "empty_findings", "empty or missing report", "IU X-ray has studies without "
+                           "findings; nothing to fix unless you expected one", study.split, expected=True)
+            elif not study.images:
+                yield Skip(study.id, "missing_field", "no image_path", "", study.split)
+            else:
+                yield report_record(study.id, study.split, [self.root / p for p in study.images], study.report,
+                                    {"study": study.study_id})
 
 
 class IUXrayKaggle(Source):

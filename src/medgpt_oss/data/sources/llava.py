@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medgpt_oss.data.sources.base import Skip, Source, SourceRecord, file_names, text, turns
+from medgpt_oss.data.published.layout import Skip, file_names, text
+from medgpt_oss.data.sources.base import Source, SourceRecord, turns
 
 
 def infer_task(conversations: list[dict[str, Any]], has_image: bool) -> str:

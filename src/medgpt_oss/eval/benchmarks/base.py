@@ -1,21 +1,25 @@
 """What every benchmark adapter shares: the item type, layout checks, and per-kind scoring.
 
 An adapter only knows where its published files are and how to read them into
-:class:`EvalItem` objects; how an answer is extracted and scored depends on the
-item's ``kind`` alone (closed / open / mcq / report), so every benchmark is
-scored by the same code, whether answers come from our model or a predictions file.
+:class:`EvalItem` objects (a data set that is also a training source is read by its
+``data/published`` reader: :meth:`Benchmark.published_items`); how an answer is
+extracted and scored depends on the item's ``kind`` alone (closed / open / mcq /
+report), so every benchmark is scored by the same code, whether answers come from
+our model or a predictions file.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from medgpt_oss.data.layout import PublishedLayout
+from medgpt_oss.data.jsonl import BadLine, json_lines
+from medgpt_oss.data.published.layout import PublishedLayout, Skip, has_bad_text
 from medgpt_oss.eval import extraction as ex
+
+Record = TypeVar("Record")
 
 KINDS = ("closed", "open", "mcq", "report")
 YES_NO = ("yes", "no")
@@ -81,27 +85,27 @@ class Benchmark(PublishedLayout):
     def root_hint(self) -> str:
         return f"benchmark.root=<that folder> (or benchmark.{self.name}.root=...)"
 
-    def read_json(self, path: Path) -> Any:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                return json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise self.layout_error(f"'{path}' is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
-
     def read_jsonl(self, path: Path, prefix: str) -> Iterator[tuple[str, dict[str, Any]] | MalformedItem]:
         """(line id, record) pairs; a line that is not a JSON object becomes a MalformedItem."""
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    if not isinstance(record, dict):
-                        raise ValueError("not a JSON object")
-                except ValueError as exc:
-                    yield MalformedItem(f"{prefix}line{line_no}", f"{path.name}:{line_no}: {exc}")
-                    continue
+        for line_no, record in json_lines(path):
+            if isinstance(record, BadLine):
+                yield MalformedItem(f"{prefix}line{line_no}", f"{record.where}: {record.problem}")
+            else:
                 yield f"{prefix}{line_no - 1}", record
+
+    def published_items(self, records: Iterable[Record | Skip],
+                        item: Callable[[Record], EvalItem | MalformedItem | None],
+                        ) -> Iterator[EvalItem | MalformedItem]:
+        """Items from the records of a ``data/published`` reader (``item`` may leave a record out with None).
+        A record the reader could not read, or an item whose text holds bytes that are not UTF-8, is a
+        malformed item saying why."""
+        for record in records:
+            made = MalformedItem(record.id, record.reason) if isinstance(record, Skip) else item(record)
+            if isinstance(made, EvalItem) and has_bad_text([made.question, made.gold, made.options, made.images,
+                                                           made.groups]):
+                made = MalformedItem(made.id, "text holds bytes that are not UTF-8 -- re-encode the file as UTF-8")
+            if made is not None:
+                yield made
 
     # -- scoring -------------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ same image loader as in training reads them.
 from __future__ import annotations
 
 import ast
-import csv
 import hashlib
 import re
 import tempfile
@@ -17,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from medgpt_oss.data.published.pmc_vqa import IMAGE_DIRS, TEST_CLEAN, read_pmc_vqa
 from medgpt_oss.eval.benchmarks.base import Benchmark, EvalItem, MalformedItem
 from medgpt_oss.eval.benchmarks.text_qa import LETTERS, mcq_item, split_answer_choices
 
@@ -59,32 +59,15 @@ images/<Figure_path>         (figures/ is accepted too)"""
     origin = ("https://huggingface.co/datasets/xmcmic/PMC-VQA (test_clean.csv, images.zip). Field names as we "
               "know the public release; check them against your copy")
 
-    def __init__(self, root: str, file: str = "test_clean.csv", image_dirs: Sequence[str] = ("images", "figures"),
+    def __init__(self, root: str, file: str = TEST_CLEAN, image_dirs: Sequence[str] = IMAGE_DIRS,
                  **kw: Any) -> None:
         super().__init__(root, **kw)
         self.file, self.image_dirs = file, tuple(image_dirs)
 
     def items(self) -> Iterator[EvalItem | MalformedItem]:
-        path = self.require(self.file)
-        image_dir = self.require(*self.image_dirs).name
-        with open(path, newline="", encoding="utf-8") as fh:
-            for i, row in enumerate(csv.DictReader(fh)):
-                item_id = f"pmc_vqa-{row.get('index') or i}"
-                options = {}
-                for letter in "ABCD":
-                    text = (row.get(f"Choice {letter}") or "").strip()
-                    if text:
-                        options[letter] = re.sub(rf"^\s*{letter}\s*[:.]\s*", "", text)
-                gold = (row.get("Answer_label") or "").strip()
-                answer = (row.get("Answer") or "").strip()
-                if not gold and len(answer) == 1:
-                    gold = answer
-                elif not gold:
-                    gold = next((k for k, v in options.items() if v.strip() == answer), "")
-                if not row.get("Question") or not row.get("Figure_path"):
-                    yield MalformedItem(item_id, "missing Question or Figure_path")
-                    continue
-                yield mcq_item(item_id, row["Question"], options, gold, images=[f"{image_dir}/{row['Figure_path']}"])
+        questions = read_pmc_vqa(self, "test", self.file, self.image_dirs)
+        yield from self.published_items(questions, lambda q: mcq_item(q.id, q.question, q.options, q.answer,
+                                                                       images=[q.image]))
 
 
 # -- parquet releases with embedded images -------------------------------------------------------

@@ -5,7 +5,7 @@ placeholders, options and instructions the model was trained with), so the
 benchmark config sets every prompt template to ``{question}``.
 
 Besides the harness's metrics, MedSynth reports get a **finding F1**: the positive findings a report
-states (nodule, effusion, cardiomegaly; ``data.synthetic.findings_from_report``) against those of the
+states (nodule, effusion, cardiomegaly; ``data.medsynth.text.findings_from_report``) against those of the
 reference report, micro F1 over all report items (``finding_f1``, with its 95% interval). The summary
 also counts scored items per task (``n_by_task``) and unparseable answers per task
 (``by_task.<task>.unparsed``: no final channel, or no label/letter in it). ``limit_per_task`` keeps
@@ -54,8 +54,8 @@ def _f1_of_sums(sums: Any, n: int) -> Any:
 class MedSynth(Benchmark):
     layout = """test.jsonl                   MedSynth records {id, image, conversations, task, modality, answer,
                                               options}
-images/...                   (generate with: python -m medgpt_oss.data.synthetic, or let synth= do it)"""
-    origin = "generated locally by medgpt_oss.data.synthetic"
+images/...                   (generate with: python -m medgpt_oss.data.medsynth, or let synth= do it)"""
+    origin = "generated locally by medgpt_oss.data.medsynth"
 
     def __init__(self, root: str, split: str = "test", tasks: Sequence[str] = DEFAULT_TASKS,
                  synth: dict[str, Any] | None = None, limit_per_task: int | None = None, **kw: Any) -> None:
@@ -70,7 +70,7 @@ images/...                   (generate with: python -m medgpt_oss.data.synthetic
 
     def items(self) -> Iterator[EvalItem | MalformedItem]:
         if self.synth is not None:
-            from medgpt_oss.data.synthetic import ensure_medsynth
+            from medgpt_oss.data.medsynth.generate import ensure_medsynth
 
             ensure_medsynth(self.root, **self.synth)
         path = self.require(f"{self.split}.jsonl")
@@ -109,7 +109,7 @@ images/...                   (generate with: python -m medgpt_oss.data.synthetic
     def score(self, item: EvalItem, output: str | None) -> dict[str, Any]:
         scored = super().score(item, output)
         if item.kind == "report":
-            from medgpt_oss.data.synthetic import findings_from_report
+            from medgpt_oss.data.medsynth.text import findings_from_report
 
             scored["scores"] = {**scored["scores"], "findings": {"output": findings_from_report(output or ""),
                                                                  "gold": findings_from_report(item.gold)}}

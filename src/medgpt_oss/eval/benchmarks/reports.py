@@ -1,18 +1,18 @@
 """Report generation: MIMIC-CXR (findings, impression, multi-view, longitudinal) and IU X-ray.
 
-Both read R2Gen-style ``annotation.json`` files ({train, val, test: [{id,
-image_path[], report, ...}]}), the split every report-generation paper uses.
-MIMIC-CXR's impression section and its study dates (for the prior study of a
+Both read R2Gen-style ``annotation.json`` files ({train, val, test: [{id, image_path[], report, ...}]}),
+the split every report-generation paper uses, with the readers of ``data/published/reports.py`` -- the
+same as the training sources. MIMIC-CXR's impression section and its study dates (for the prior study of a
 longitudinal item) come from the official PhysioNet files.
 """
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-from medgpt_oss.data.report_text import report_section  # one parser for training and evaluation
+from medgpt_oss.data.published.reports import (METADATA, SPLIT_NAMES, R2GenAnnotation, Study, mimic_report, priors,
+                                               read_study_times)
 from medgpt_oss.eval.benchmarks.base import Benchmark, EvalItem, MalformedItem
 
 FINDINGS_PROMPT = "Write the findings section of the radiology report for this chest X-ray."
@@ -31,21 +31,18 @@ images/<image_path>          e.g. images/CXR2384_IM-0942/0.png"""
         self.split, self.views, self.question = split, views, question
 
     def items(self) -> Iterator[EvalItem | MalformedItem]:
-        data = self.read_json(self.require("annotation.json"))
-        self.require("images")
-        if self.split not in data:
-            raise self.layout_error(f"annotation.json has splits {sorted(data)}, not '{self.split}'")
-        for i, rec in enumerate(data[self.split]):
-            item_id = f"{self.name}-{rec.get('id', i)}"
-            report, paths = rec.get("report"), rec.get("image_path") or []
-            if not isinstance(report, str) or not report.strip():
-                yield MalformedItem(item_id, "empty or missing report")  # some IU studies have no findings
-                continue
-            if not paths:
-                yield MalformedItem(item_id, "no image_path")
-                continue
-            images = [f"images/{p}" for p in (paths if self.views == "all" else paths[:1])]
-            yield EvalItem(item_id, "report", self.question, report.strip(), images=images)
+        annotation = R2GenAnnotation(self)
+        if self.split not in annotation.splits:
+            raise self.layout_error(f"annotation.json has splits {sorted(annotation.splits)}, not '{self.split}'")
+        yield from self.published_items(annotation.studies(f"{self.name}-", splits=[self.split]), self._item)
+
+    def _item(self, study: Study) -> EvalItem | MalformedItem:
+        if not study.report:
+            return MalformedItem(study.id, "empty or missing report")  # some IU studies have no findings
+        if not study.images:
+            return MalformedItem(study.id, "no image_path")
+        images = study.images if self.views == "all" else study.images[:1]
+        return EvalItem(study.id, "report", self.question, study.report, images=images)
 
 
 class MIMICCXR(Benchmark):
@@ -65,67 +62,40 @@ mimic-cxr-2.0.0-metadata.csv official metadata: dicom_id, subject_id, study_id, 
         self.split, self.section, self.views = split, section, views
         self.with_prior, self.question = with_prior, question
 
-    def _images(self, rec: dict[str, Any], views: str | None = None) -> list[str]:
-        paths = list(rec.get("image_path") or [])
-        if (views or self.views) == "all" or not paths:
-            return [f"images/{p}" for p in paths]
-        views = [str(v).upper() for v in rec.get("view") or []]
-        frontal = [p for p, v in zip(paths, views) if v in ("PA", "AP")]
-        return [f"images/{(frontal or paths)[0]}"]
-
-    def _gold(self, rec: dict[str, Any]) -> str | None:
-        if self.section == "findings":
-            return rec.get("report")
-        subject, study = str(rec.get("subject_id", "")), str(rec.get("study_id", ""))
-        path = self.root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}.txt"
-        return report_section(path.read_text(), "impression") if path.is_file() else None
-
-    def _study_order(self) -> dict[str, tuple[str, str, str]]:
-        """study_id -> (subject_id, StudyDate, StudyTime) from the official metadata."""
-        path = self.require("mimic-cxr-2.0.0-metadata.csv")
-        order = {}
-        with open(path, newline="") as fh:
-            for row in csv.DictReader(fh):
-                order[str(row["study_id"])] = (str(row["subject_id"]), row["StudyDate"], row["StudyTime"])
-        return order
-
     def items(self) -> Iterator[EvalItem | MalformedItem]:
-        data = self.read_json(self.require("annotation.json"))
-        self.require("images")
+        annotation = R2GenAnnotation(self)
         if self.section == "impression":
             self.require("files")
-        if self.split not in data:
-            raise self.layout_error(f"annotation.json has splits {sorted(data)}, not '{self.split}'")
-        priors = self._priors(data) if self.with_prior else {}
-        for i, rec in enumerate(data[self.split]):
-            study = rec.get("study_id")
-            item_id = f"{self.name}-{study if study is not None else rec.get('id', i)}"  # a study id of 0 is an id
-            gold, images = self._gold(rec), self._images(rec)
-            if not gold or not images:
-                yield MalformedItem(item_id, f"no {self.section} text" if not gold else "no image_path")
-                continue
-            question = self.question
-            if self.with_prior:
-                prior = priors.get(str(rec.get("study_id")))
-                if prior is None:
-                    continue  # longitudinal evaluation covers studies that have a prior study only
-                question = ("Prior study:\n<image>\nPrior report: " + " ".join(str(prior.get("report", "")).split())
-                            + "\nCurrent study:\n" + "<image>\n" * len(images) + self.question)
-                images = self._images(prior, views="frontal") + images  # the prior's frontal view
-            yield EvalItem(item_id, "report", question, " ".join(gold.split()), images=images)
+        if self.split not in annotation.splits:
+            raise self.layout_error(f"annotation.json has splits {sorted(annotation.splits)}, not '{self.split}'")
+        if not self.with_prior:
+            yield from self.published_items(annotation.studies(f"{self.name}-", splits=[self.split]),
+                                            lambda study: self._item(study, {}))
+            return
+        # a prior study may be in any split
+        studies = list(annotation.studies(f"{self.name}-", read_study_times(self, self.require(METADATA))[0]))
+        prior_of = priors(s for s in studies if isinstance(s, Study))
+        split = SPLIT_NAMES.get(self.split, self.split)
+        yield from self.published_items((s for s in studies if s.split == split),
+                                        lambda study: self._item(study, prior_of))
 
-    def _priors(self, data: dict[str, Sequence[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-        """study_id -> the same patient's previous study (from any split), by StudyDate/StudyTime."""
-        order = self._study_order()
-        by_subject: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
-        for recs in data.values():
-            for rec in recs:
-                meta = order.get(str(rec.get("study_id")))
-                if meta:
-                    by_subject.setdefault(meta[0], []).append((meta[1], meta[2], rec))
-        priors = {}
-        for studies in by_subject.values():
-            studies.sort(key=lambda s: (s[0], s[1]))
-            for (_, _, prev), (_, _, cur) in zip(studies, studies[1:]):
-                priors[str(cur.get("study_id"))] = prev
-        return priors
+    def _images(self, study: Study) -> list[str]:
+        if self.views == "all" or not study.images:
+            return list(study.images)
+        return [study.frontal() or study.images[0]]
+
+    def _item(self, study: Study, prior_of: dict[str, Study]) -> EvalItem | MalformedItem | None:
+        gold = study.report if self.section == "findings" else mimic_report(self, "files", study.subject_id,
+                                                                            study.study_id, "impression")
+        images = self._images(study)
+        if not gold or not images:
+            return MalformedItem(study.id, f"no {self.section} text" if not gold else "no image_path")
+        question = self.question
+        if self.with_prior:
+            prior = prior_of.get(study.study_id)
+            if prior is None:
+                return None  # longitudinal evaluation covers studies that have a prior study only
+            question = ("Prior study:\n<image>\nPrior report: " + prior.report + "\nCurrent study:\n"
+                        + "<image>\n" * len(images) + self.question)
+            images = [prior.frontal()] + images
+        return EvalItem(study.id, "report", question, gold, images=images)

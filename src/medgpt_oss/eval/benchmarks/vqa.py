@@ -1,15 +1,23 @@
 """Radiology/pathology VQA with yes/no and open answers: VQA-RAD, SLAKE (English), PathVQA.
 
-Closed and open questions are reported separately (``groups["type"]`` is the
-data set's own answer_type); a yes/no answer is scored by yes/no extraction,
-any other answer by normalised exact match (plus token recall/F1).
+The files are read by ``data/published/vqa.py``, the same readers as the training sources. Closed and open
+questions are reported separately (``groups["type"]`` is the data set's own answer type); a yes/no answer
+is scored by yes/no extraction, any other answer by normalised exact match (plus token recall/F1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from medgpt_oss.data.published.layout import Skip
+from medgpt_oss.data.published.vqa import (OTHER_LANGUAGE, PATHVQA_FILES, PATHVQA_IMAGE_DIR, SLAKE_FILES, VQA_RAD_FILES,
+                                           VQA_RAD_IMAGE_DIRS, VQAQuestion, read_pathvqa, read_slake, read_vqa_rad)
 from medgpt_oss.eval.benchmarks.base import Benchmark, EvalItem, MalformedItem, closed_or_open
+
+
+def vqa_item(question: VQAQuestion, **groups: str) -> EvalItem:
+    return closed_or_open(question.id, question.question, question.answer, images=[question.image],
+                          groups={"type": question.answer_type, **groups})
 
 
 class VQARAD(Benchmark):
@@ -19,24 +27,15 @@ class VQARAD(Benchmark):
 images/<image_name>          or the OSF folder "VQA_RAD Image Folder/<image_name>\""""
     origin = "https://osf.io/89kps/ (OSF) for the JSON and images; testset.json from the MedVQA test-split releases"
 
-    def __init__(self, root: str, split_file: str = "testset.json",
-                 image_dirs: tuple[str, ...] = ("images", "VQA_RAD Image Folder"), **kw) -> None:
+    def __init__(self, root: str, split_file: str = VQA_RAD_FILES["test"],
+                 image_dirs: tuple[str, ...] = VQA_RAD_IMAGE_DIRS, **kw) -> None:
         super().__init__(root, **kw)
         self.split_file, self.image_dirs = split_file, tuple(image_dirs)
 
     def items(self) -> Iterator[EvalItem | MalformedItem]:
-        data = self.read_json(self.require(self.split_file))
-        image_dir = self.require(*self.image_dirs).name
-        for i, rec in enumerate(data):
-            item_id = f"vqa_rad-{rec.get('qid', f'index{i}')}"
-            try:
-                # The OSF trainset writes some answer types "CLOSED " (trailing space).
-                kind = str(rec["answer_type"]).strip().lower()
-                yield closed_or_open(item_id, rec["question"], str(rec["answer"]),
-                                     images=[f"{image_dir}/{rec['image_name']}"],
-                                     groups={"type": kind, "organ": str(rec.get("image_organ", "")).lower()})
-            except (KeyError, TypeError) as exc:
-                yield MalformedItem(item_id, f"missing field {exc}")
+        questions = read_vqa_rad(self, {"test": self.split_file}, self.image_dirs)
+        yield from self.published_items(
+            questions, lambda q: vqa_item(q, organ=str(q.meta.get("image_organ") or "").lower()))
 
 
 class SLAKE(Benchmark):
@@ -45,24 +44,14 @@ class SLAKE(Benchmark):
 imgs/xmlabN/source.jpg"""
     origin = "https://www.med-vqa.com/slake/ (SLAKE 1.0: test.json and imgs.zip)"
 
-    def __init__(self, root: str, split_file: str = "test.json", language: str = "en", **kw) -> None:
+    def __init__(self, root: str, split_file: str = SLAKE_FILES["test"], language: str = "en", **kw) -> None:
         super().__init__(root, **kw)
         self.split_file, self.language = split_file, language
 
     def items(self) -> Iterator[EvalItem | MalformedItem]:
-        data = self.read_json(self.require(self.split_file))
-        self.require("imgs")
-        for i, rec in enumerate(data):
-            if rec.get("q_lang") != self.language:  # English and Chinese share the file
-                continue
-            item_id = f"slake-{rec.get('qid', f'index{i}')}"
-            try:
-                yield closed_or_open(item_id, rec["question"], str(rec["answer"]),
-                                     images=[f"imgs/{rec['img_name']}"],
-                                     groups={"type": str(rec["answer_type"]).strip().lower(),
-                                             "modality": str(rec.get("modality", ""))})
-            except (KeyError, TypeError) as exc:
-                yield MalformedItem(item_id, f"missing field {exc}")
+        questions = read_slake(self, {"test": self.split_file}, self.language)
+        chosen = (q for q in questions if not (isinstance(q, Skip) and q.kind == OTHER_LANGUAGE))
+        yield from self.published_items(chosen, lambda q: vqa_item(q, modality=str(q.meta.get("modality") or "")))
 
 
 class PathVQA(Benchmark):
@@ -72,36 +61,11 @@ class PathVQA(Benchmark):
 images/test/<img_id>.jpg     (image_dir= if yours differ)"""
     origin = "https://github.com/UCSD-AI4H/PathVQA (data links in its README)"
 
-    def __init__(self, root: str, split_file: str = "pvqa_test.json", image_dir: str = "images/test", **kw) -> None:
+    def __init__(self, root: str, split_file: str = PATHVQA_FILES["test"], image_dir: str = PATHVQA_IMAGE_DIR,
+                 **kw) -> None:
         super().__init__(root, **kw)
         self.split_file, self.image_dir = split_file, image_dir
 
-    def _image(self, img_id: str) -> str:
-        for ext in (".jpg", ".png", ".jpeg"):
-            if (self.root / self.image_dir / f"{img_id}{ext}").exists():
-                return f"{self.image_dir}/{img_id}{ext}"
-        return f"{self.image_dir}/{img_id}.jpg"  # missing: the runner reports it by id
-
     def items(self) -> Iterator[EvalItem | MalformedItem]:
-        data = self.read_json(self.require(self.split_file))
-        self.require(self.image_dir)
-        for rec in data:
-            img_id = str(rec.get("img_id"))
-            try:
-                labels, questions = rec["labelf"]["pvqa"], rec["sentf"]["pvqa"]
-            except (KeyError, TypeError) as exc:
-                yield MalformedItem(f"pathvqa-{img_id}", f"missing field {exc}")
-                continue
-            if len(labels) != len(questions):
-                yield MalformedItem(f"pathvqa-{img_id}", f"{len(questions)} questions but {len(labels)} labels")
-                continue
-            for i, (label, question) in enumerate(zip(labels, questions)):
-                item_id = f"pathvqa-{img_id}-{i}"
-                if not isinstance(label, dict) or not label:
-                    yield MalformedItem(item_id, f"label {label!r} is not an {{answer: score}} object")
-                    continue
-                answer = max(label, key=label.get)
-                item = closed_or_open(item_id, question, answer, images=[self._image(img_id)])
-                item.groups = {"type": "closed" if item.kind == "closed" else "open"}
-                yield item
-
+        self.require(self.image_dir.format(split="test"))
+        yield from self.published_items(read_pathvqa(self, {"test": self.split_file}, self.image_dir), vqa_item)

@@ -16,7 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medgpt_oss.data import synthetic as ms
+from medgpt_oss.data.medsynth import generate
+from medgpt_oss.data.medsynth.__main__ import main
+from medgpt_oss.data.medsynth.cases import CHANGES, SPLITS, sample_case
+from medgpt_oss.data.medsynth.drawing import render_case
+from medgpt_oss.data.medsynth.records import TASKS, case_records
+from medgpt_oss.data.medsynth.text import CHANGE_SENTENCES, findings_from_report, report_text
 from medgpt_oss.data.jsonl import read_jsonl
 
 N_CASES = 400  # enough for balance statistics, a few seconds to generate
@@ -24,8 +29,8 @@ N_CASES = 400  # enough for balance statistics, a few seconds to generate
 
 @pytest.fixture(scope="module")
 def medsynth(tmp_path_factory) -> Path:
-    return ms.generate_medsynth(tmp_path_factory.mktemp("ms") / "medsynth", seed=0,
-                                n_train=N_CASES, n_val=20, n_test=20)
+    return generate.generate_medsynth(tmp_path_factory.mktemp("ms") / "medsynth", seed=0,
+                                      n_train=N_CASES, n_val=20, n_test=20)
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +57,9 @@ def _by(records: list[dict], task: str | None = None, suffix: str | None = None)
 
 def test_same_arguments_give_identical_bytes_and_seed_changes_them(tmp_path):
     kw = dict(n_train=12, n_val=4, n_test=4, image_size=64)
-    a = ms.generate_medsynth(tmp_path / "a", seed=3, **kw)
-    b = ms.generate_medsynth(tmp_path / "b", seed=3, **kw, workers=2)  # a process pool changes nothing
-    c = ms.generate_medsynth(tmp_path / "c", seed=4, **kw)
+    a = generate.generate_medsynth(tmp_path / "a", seed=3, **kw)
+    b = generate.generate_medsynth(tmp_path / "b", seed=3, **kw, workers=2)  # a process pool changes nothing
+    c = generate.generate_medsynth(tmp_path / "c", seed=4, **kw)
     da, db, dc = _tree_digest(a), _tree_digest(b), _tree_digest(c)
     assert da == db
     assert da["train.jsonl"] != dc["train.jsonl"]
@@ -63,8 +68,8 @@ def test_same_arguments_give_identical_bytes_and_seed_changes_them(tmp_path):
 
 
 def test_cases_do_not_depend_on_split_sizes_and_splits_differ(tmp_path):
-    small = ms.generate_medsynth(tmp_path / "s", n_train=10, n_val=6, n_test=2, image_size=64)
-    large = ms.generate_medsynth(tmp_path / "l", n_train=20, n_val=6, n_test=2, image_size=64)
+    small = generate.generate_medsynth(tmp_path / "s", n_train=10, n_val=6, n_test=2, image_size=64)
+    large = generate.generate_medsynth(tmp_path / "l", n_train=20, n_val=6, n_test=2, image_size=64)
 
     def case(root: Path, split: str, i: int) -> tuple[list[str], dict[str, str]]:
         lines = [line for line in (root / f"{split}.jsonl").read_text().splitlines()
@@ -83,26 +88,26 @@ def test_cases_do_not_depend_on_split_sizes_and_splits_differ(tmp_path):
 def test_ensure_is_a_noop_when_complete_and_regenerates_on_new_kwargs(tmp_path, monkeypatch):
     root = tmp_path / "set"
     kw = dict(seed=1, n_train=3, n_val=2, n_test=2, image_size=48)
-    ms.ensure_medsynth(root, **kw)
+    generate.ensure_medsynth(root, **kw)
     first = _tree_digest(root)
     calls = []
-    real = ms.generate_medsynth
-    monkeypatch.setattr(ms, "generate_medsynth", lambda *a, **k: calls.append(k) or real(*a, **k))
-    assert ms.ensure_medsynth(root, **kw) == root.absolute()
+    real = generate.generate_medsynth
+    monkeypatch.setattr(generate, "generate_medsynth", lambda *a, **k: calls.append(k) or real(*a, **k))
+    assert generate.ensure_medsynth(root, **kw) == root.absolute()
     assert calls == [] and _tree_digest(root) == first
-    ms.ensure_medsynth(root, **{**kw, "n_train": 4})
+    generate.ensure_medsynth(root, **{**kw, "n_train": 4})
     assert len(calls) == 1
-    manifest = ms.read_manifest(root)
-    assert manifest["kwargs"]["n_train"] == 4 and manifest["generator_version"] == ms.GENERATOR_VERSION
+    manifest = generate.read_manifest(root)
+    assert manifest["kwargs"]["n_train"] == 4 and manifest["generator_version"] == generate.GENERATOR_VERSION
     assert len(list((root / "images" / "train").glob("000003_*"))) > 0
 
 
 def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     root = tmp_path / "set"
     kw = dict(seed=0, n_train=6, n_val=2, n_test=2, image_size=48)
-    ms.ensure_medsynth(root, **kw)
+    generate.ensure_medsynth(root, **kw)
     before = _tree_digest(root)
-    real = ms.case_records
+    real = case_records
     n = {"calls": 0}
 
     def failing(*a, **k):
@@ -111,21 +116,21 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, mon
             raise KeyboardInterrupt("simulated interruption")
         return real(*a, **k)
 
-    monkeypatch.setattr(ms, "case_records", failing)
+    monkeypatch.setattr(generate, "case_records", failing)
     with pytest.raises(KeyboardInterrupt):
-        ms.ensure_medsynth(root, **{**kw, "n_train": 7})
+        generate.ensure_medsynth(root, **{**kw, "n_train": 7})
     assert _tree_digest(root) == before  # the old complete set is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["set"]  # temp folder removed
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("user data")
     with pytest.raises(FileExistsError):
-        ms.generate_medsynth(tmp_path / "other", **kw)
+        generate.generate_medsynth(tmp_path / "other", **kw)
 
 
 # ---------------------------------------------------------------- schema
 
 def test_every_record_is_well_formed(medsynth, records):
-    assert {r["task"] for r in records} == set(ms.TASKS)
+    assert {r["task"] for r in records} == set(TASKS)
     ids = [r["id"] for r in records]
     assert len(ids) == len(set(ids))
     opened: set[str] = set()
@@ -169,8 +174,8 @@ def test_every_record_is_well_formed(medsynth, records):
 
 
 def test_manifest_counts_match_files(medsynth):
-    m = ms.read_manifest(medsynth)
-    for split in ms.SPLITS:
+    m = generate.read_manifest(medsynth)
+    for split in SPLITS:
         assert m["records"][split] == dict(Counter(r["task"] for r in read_jsonl(medsynth / f"{split}.jsonl")))
 
 
@@ -178,7 +183,7 @@ def test_text_matches_structured_findings(records):
     for r in _by(records, "report") + _by(records, "multiview_report"):
         text = r["conversations"][1]["value"]
         assert text.startswith("Findings: ") and "\nImpression: " in text
-        assert ms.findings_from_report(text) == r["findings"]
+        assert findings_from_report(text) == r["findings"]
     for r in _by(records, "caption", "caption-frontal"):
         text, f = r["conversations"][1]["value"].lower(), r["findings"]
         if r["modality"] == "cxr":
@@ -203,7 +208,7 @@ def test_yes_no_balanced_per_question_and_mcq_letters_spread(records):
     n = sum(letters.values())
     assert set(letters) == set("ABCD") and all(0.18 <= v / n <= 0.32 for v in letters.values()), letters
     changes = Counter(r["answer"] for r in _by(records, "longitudinal"))
-    assert set(changes) == set(ms.CHANGES)
+    assert set(changes) == set(CHANGES)
     tasks = Counter(r["task"] for r in records)
     assert min(tasks.values()) >= 0.1 * N_CASES, tasks
 
@@ -215,10 +220,10 @@ def _nodule_render_diff(case: dict, view: str, image_size: int = 128) -> np.ndar
     without the nodule (same patient, same noise)."""
     def to64(im):
         return np.asarray(im.resize((64, 64), Image.BILINEAR), dtype=np.float64) / 255.0
-    with_nodule = ms.render_case(case, 0, image_size)[view]
+    with_nodule = render_case(case, 0, image_size)[view]
     bare = copy.deepcopy(case)
     (bare["prior"] if view.startswith("prior") else bare)["findings"]["nodule"] = None
-    return to64(with_nodule) - to64(ms.render_case(bare, 0, image_size)[view])
+    return to64(with_nodule) - to64(render_case(bare, 0, image_size)[view])
 
 
 def test_nodule_side_and_size_are_drawn_and_survive_64px(medsynth, records):
@@ -228,10 +233,10 @@ def test_nodule_side_and_size_are_drawn_and_survive_64px(medsynth, records):
         if r["answer"] != "yes":
             continue
         index = int(r["id"].split("-")[2])
-        case = ms.sample_case(0, "train", index)
+        case = sample_case(0, "train", index)
         # the renderer used here is exactly what wrote the file
         saved = np.asarray(Image.open(medsynth / r["image"]))
-        assert np.array_equal(saved, np.asarray(ms.render_case(case, 0, 128)["frontal"]))
+        assert np.array_equal(saved, np.asarray(render_case(case, 0, 128)["frontal"]))
         diff = _nodule_render_diff(case, "frontal")
         blob = diff > 0.15
         cols = np.nonzero(blob)[1]
@@ -251,7 +256,7 @@ def test_nodule_side_and_size_are_drawn_and_survive_64px(medsynth, records):
 def test_longitudinal_change_is_in_the_two_studies(records):
     for r in _by(records, "longitudinal"):
         index = int(r["id"].split("-")[2])
-        case = ms.sample_case(0, "train", index)
+        case = sample_case(0, "train", index)
         assert r["image"] == [f"images/train/{index:06d}_prior_frontal.png", f"images/train/{index:06d}_frontal.png"]
         area = {}
         for view, f in (("prior_frontal", case["prior"]["findings"]), ("frontal", case["findings"])):
@@ -260,7 +265,7 @@ def test_longitudinal_change_is_in_the_two_studies(records):
         expected = {"new": p == 0 < c, "resolved": c == 0 < p, "none": p == c == 0,
                     "grown": 0 < p and c > 2 * p, "stable": 0 < p and 0.6 < c / max(p, 1) < 1.6}
         assert expected[r["answer"]], (r["id"], r["answer"], p, c)
-        assert f"Prior report: {ms.report_text(case['prior']['findings']).replace(chr(10), ' ')}" in \
+        assert f"Prior report: {report_text(case['prior']['findings']).replace(chr(10), ' ')}" in \
             r["conversations"][0]["value"]
 
 
@@ -378,8 +383,8 @@ def test_tumor_patches_are_crowded_with_dark_nuclei(medsynth, records):
 # ---------------------------------------------------------------- CLI
 
 def test_cli_prints_counts(tmp_path, capsys):
-    ms.main(["--root", str(tmp_path / "cli"), "--n-train", "3", "--n-val", "1", "--n-test", "1",
-             "--image-size", "32"])
+    main(["--root", str(tmp_path / "cli"), "--n-train", "3", "--n-val", "1", "--n-test", "1",
+          "--image-size", "32"])
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"root", "train", "val", "test"}
     assert sum(out["train"].values()) == len(read_jsonl(tmp_path / "cli" / "train.jsonl"))
@@ -390,7 +395,7 @@ def test_a_patient_series_holds_every_study_oldest_first_and_reports_the_current
     assert len(series) == len(_by(records, "longitudinal")) > 0  # every patient with a prior has a series
     for r in series:
         index = int(r["id"].split("-")[2])
-        case = ms.sample_case(0, "train", index)
+        case = sample_case(0, "train", index)
         older = [f"images/train/{index:06d}_older{k:02d}_frontal.png" for k in range(len(case["older"]))]
         assert 3 <= len(older) <= 16
         assert r["image"] == older + [f"images/train/{index:06d}_{v}.png" for v in
@@ -399,7 +404,7 @@ def test_a_patient_series_holds_every_study_oldest_first_and_reports_the_current
         question, answer = (t["value"] for t in r["conversations"])
         assert question.count("<image>") == len(r["image"])
         assert question.count("Report: ") == len(older) + 1  # every earlier study's report, none for the current
-        assert answer == ms.report_text(case["findings"]) + "\nComparison: " + ms._LONG_ANSWER[case["change"]]
+        assert answer == report_text(case["findings"]) + "\nComparison: " + CHANGE_SENTENCES[case["change"]]
     # older follow-ups are drawn anew: not copies of the prior image
     r = series[0]
     assert (medsynth / r["image"][0]).read_bytes() != (medsynth / r["image"][-4]).read_bytes()
