@@ -192,6 +192,22 @@ def test_checkpoint_evaluation_end_to_end(tiny_ckpt, medsynth_dir, tmp_path):
     assert same["accuracy"]["diff"] == 0 and same["accuracy"]["diff_ci95"] == [0.0, 0.0]
 
 
+def test_a_checkpoints_model_must_state_the_contract_of_its_saved_config(tiny_ckpt, monkeypatch):
+    """The prompts are built from the loaded model's input_spec(): it is checked against the model/data contract
+    computed from the config the checkpoint saved (contract.py), as training's data module had it."""
+    from dataclasses import replace
+
+    from medgpt_oss.contract import ContractMismatchError
+    from medgpt_oss.eval.generation import load_vlm
+    from medgpt_oss.models.vlm import MedVLM
+
+    assert load_vlm(str(tiny_ckpt)).input_spec().tokens_per_image == 64
+    stated = MedVLM.input_spec
+    monkeypatch.setattr(MedVLM, "input_spec", lambda self: replace(stated(self), image_size=32))
+    with pytest.raises(ContractMismatchError, match="image_size: 64 from the config, 32 from the model"):
+        load_vlm(str(tiny_ckpt))
+
+
 def test_chat_answers_about_png_and_dicom(tiny_ckpt, tmp_path, capsys):
     from pydicom.data import get_testdata_file
 

@@ -1,4 +1,5 @@
-"""The layers import in one direction: models know nothing of data, data nothing of models, stages or eval."""
+"""The layers import in one direction: models know nothing of data, data nothing of models, stages or eval; the
+model/data contract between them reaches no model or data code."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "medgpt_oss"
 FORBIDDEN = {"models": ("medgpt_oss.data",), "data": ("medgpt_oss.models", "medgpt_oss.stages", "medgpt_oss.eval")}
+# All that contract.py reaches, import by import: it finds a weights folder and loads a tokenizer (two leaf modules
+# of models/ that build nothing), so it computes the contract without building or importing the model.
+CONTRACT_REACHES = {"medgpt_oss.contract", "medgpt_oss.harmony", "medgpt_oss.models.hub", "medgpt_oss.models.tokenizer"}
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
@@ -34,3 +38,22 @@ def test_the_check_sees_function_level_imports(tmp_path):
     sample = tmp_path / "m.py"
     sample.write_text("def f():\n    from medgpt_oss.data.images import ImageTransform\n")
     assert imports(sample) == [(2, "medgpt_oss.data.images")]
+
+
+def module_file(module: str) -> Path | None:
+    path = SRC.parent / module.replace(".", "/")
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_the_contract_reaches_no_model_or_data_code():
+    reached, todo = set(), ["medgpt_oss.contract"]
+    while todo:
+        module = todo.pop()
+        reached.add(module)
+        for _, name in imports(module_file(module)):
+            if name.startswith("medgpt_oss.") and module_file(name) and name not in reached:
+                todo.append(name)
+    assert reached == CONTRACT_REACHES

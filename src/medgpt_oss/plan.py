@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medgpt_oss.config import CONF_DIR, available_stages
+from medgpt_oss.contract import image_input
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "architectures"
 GIB = 1024**3
@@ -70,6 +71,14 @@ def _plain(node: Any) -> Any:
 
 # -- the model on the meta device -----------------------------------------------------------------------
 
+def encoder_at_architecture(cfg: DictConfig) -> dict[str, Any]:
+    """The encoder group built at the real architecture (:func:`architecture`) with no weights: its own class
+    at ``scale=tiny``, the architecture as the tiny dict."""
+    encoder_cfg = _plain(cfg.encoder)
+    encoder_cfg.update(scale="tiny", tiny=architecture(encoder_cfg["pretrained"]))
+    return encoder_cfg
+
+
 def build_meta(cfg: DictConfig):
     """(MedVLM on meta, quantization plan or None): the real architecture, LoRA attached, nothing loaded."""
     import hydra
@@ -81,8 +90,7 @@ def build_meta(cfg: DictConfig):
 
     lora = _plain(cfg.lora) if cfg.get("lora") else None
     targets = check_lora_quantize(LoraSettings.of(lora))  # the same refusals as train, without the CUDA check
-    encoder_cfg = _plain(cfg.encoder)
-    encoder_cfg.update(scale="tiny", tiny=architecture(encoder_cfg["pretrained"]))
+    encoder_cfg = encoder_at_architecture(cfg)
     llm_cfg = _plain(cfg.llm)
     arch = architecture(llm_cfg["pretrained"])
     llm_cfg.pop("_target_")
@@ -224,8 +232,9 @@ def estimate(cfg: DictConfig, vlm, qplan) -> dict[str, Any]:
 
     # vision tower + projector
     enc = vlm.encoder
+    image = image_input(encoder_at_architecture(cfg), cfg.projector)  # the model contract (contract.py)
     images = rows * int(cfg.plan.get("images_per_row", 4))
-    patches = enc.num_tokens + 1
+    patches = image.patch_tokens + 1
     enc_arch = architecture(cfg.encoder.pretrained)
     enc_hidden = enc.hidden_size
     enc_mlp = enc_arch.get("intermediate_size", 4 * enc_hidden)
@@ -233,7 +242,7 @@ def estimate(cfg: DictConfig, vlm, qplan) -> dict[str, Any]:
     trains_encoder = any(p.requires_grad for p in enc.parameters())
     vision = images * enc_layer * (enc.num_layers if trains_encoder else 1)
     proj_out = vlm.projector_out_dim if hasattr(vlm, "projector_out_dim") else vlm.llm.hidden_size
-    vision += images * vlm.tokens_per_image * (4 * enc_hidden + 12 * proj_out)
+    vision += images * image.tokens_per_image * (4 * enc_hidden + 12 * proj_out)
 
     # 4-bit experts dequantized one at a time (forward and backward): one expert's weights in compute dtype
     dequant = 0.0

@@ -3,8 +3,9 @@
     python -m medgpt_oss.prepare source=vqa_rad source.root=<dir> out=<dir> [strict=true]
 
 Every record goes through the checks training would apply -- the real
-``HarmonyFormatter`` with the same tokenizer, ``max_length`` and
-``tokens_per_image``, and a full decode of every image -- so a prepared folder
+``HarmonyFormatter`` with the tokenizer and ``tokens_per_image`` of the model that
+the ``encoder``/``projector``/``llm`` groups and ``scale`` name (``contract.py``),
+the same ``max_length``, and a full decode of every image -- so a prepared folder
 holds only samples that train. A record that fails is written to
 ``<out>/skipped.jsonl`` with its id, kind and reason, logged, and counted in the
 last line printed: one JSON object with the counts. ``strict=true`` stops at the
@@ -32,12 +33,14 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from medgpt_oss.config import CONF_DIR
+from medgpt_oss.contract import input_spec_from_config
 from medgpt_oss.data.conversation import ConversationError, HarmonyFormatter
 from medgpt_oss.data.dicom import is_dicom, read_dicom
 from medgpt_oss.data.images import HIGH_BIT_DEPTH_MODES, MAX_PIXELS, decode_within, to_rgb
 from medgpt_oss.data.shards import MANIFEST, PreparedRecord, ShardWriter, write_manifest
 from medgpt_oss.data.published.layout import Skip, has_bad_text
 from medgpt_oss.data.sources.base import Source, SourceLayoutError, SourceRecord
+from medgpt_oss.models.hub import MissingWeightsError
 from medgpt_oss.trust import OutsideRootError, inside_root
 
 log = logging.getLogger("medgpt_oss.prepare")
@@ -123,13 +126,13 @@ def conversation_problem(exc: ConversationError) -> str:
 
 
 def load_formatter(cfg: DictConfig) -> HarmonyFormatter:
-    """The formatter training uses, with the tokenizer and chat settings of the model that will train on it."""
-    from medgpt_oss.models.tokenizer import load_tokenizer
-
-    # The image token is added as LanguageModel adds it, so the real GPT-oss tokenizer counts the same tokens.
-    tokenizer = load_tokenizer(cfg.tokenizer, cfg.image_token)
-    return HarmonyFormatter(tokenizer, cfg.image_token, cfg.tokens_per_image, system_prompt=cfg.system_prompt,
-                            max_length=cfg.max_length, chat=OmegaConf.to_container(cfg.chat))
+    """The formatter training uses, as the model of ``cfg``'s encoder/projector/llm groups will tokenize: its
+    tokenizer, image token, tokens per image and chat settings (the model contract, computed from the config
+    without building the model); a set ``tokens_per_image`` overrides the count."""
+    spec = input_spec_from_config(cfg)
+    tokens_per_image = spec.tokens_per_image if cfg.get("tokens_per_image") is None else int(cfg.tokens_per_image)
+    return HarmonyFormatter(spec.tokenizer, spec.image_token, tokens_per_image, system_prompt=cfg.system_prompt,
+                            max_length=cfg.max_length, chat=spec.chat)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -320,7 +323,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         report = prepare(source, cfg.out, load_formatter(cfg), strict=cfg.strict, overwrite=cfg.overwrite,
                          dicom_options=OmegaConf.to_container(cfg.dicom), shard_records=cfg.shard_records,
                          row_group_records=cfg.row_group_records, max_pixels=int(cfg.get("max_pixels") or MAX_PIXELS))
-    except (SourceLayoutError, PrepareError, FileExistsError) as exc:
+    except (SourceLayoutError, PrepareError, FileExistsError, MissingWeightsError) as exc:
         sys.exit(f"error: {exc}")
     print(json.dumps(report, ensure_ascii=False), flush=True)  # the last line: the counts, machine-readable
     return report

@@ -24,6 +24,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from medgpt_oss.config import CONF_DIR, MissingExtraError, available_stages, model_config
+from medgpt_oss.contract import check_agreement, input_spec_from_config
 from medgpt_oss.models.hub import MissingWeightsError, resolve_pretrained
 from medgpt_oss.provenance import RESUME
 from medgpt_oss.provenance import check as check_provenance
@@ -174,11 +175,16 @@ def train(cfg: DictConfig) -> tuple[Any, Any]:
         check_quantization(cfg)
     except QuantizationUnavailableError as exc:
         raise MissingExtraError(str(exc)) from exc
+    # The data side needs only the model's input contract, computed from the config without building the model
+    # (contract.py): a data config that cannot work fails here, before the (20B) model is loaded.
+    input_spec = input_spec_from_config(cfg)
+    datamodule = hydra.utils.instantiate(cfg.data, input_spec=input_spec)
     # Plain dicts (not DictConfig) so checkpoints hold only primitive hparams and load with weights_only.
     stage = hydra.utils.instantiate(cfg.stage, model=model_config(cfg), _recursive_=False, _convert_="all")
+    check_agreement(input_spec, stage.vlm.input_spec())  # the model tokenizes and splices as the data was told
     # weights_only: a resumed checkpoint is data -- a pickle payload is refused, for local and http(s) paths
     # (a local file is read here first, so the refusal names it). A resume must rebuild the model the checkpoint
-    # saved: checked before any data or trainer work (provenance.py; a URL is checked as Lightning loads it).
+    # saved: checked before any data is read or trainer work (provenance.py; a URL is checked as Lightning loads it).
     ckpt_path = cfg.get("ckpt_path")
     start_step = None
     if ckpt_path and Path(str(ckpt_path)).is_file():
@@ -186,7 +192,6 @@ def train(cfg: DictConfig) -> tuple[Any, Any]:
         check_provenance(checkpoint, stage, RESUME, ckpt_path)
         start_step = checkpoint.get("global_step")
         del checkpoint
-    datamodule = hydra.utils.instantiate(cfg.data, input_spec=stage.vlm.input_spec())
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=_instantiate_all(cfg.get("logger")) or False,

@@ -27,20 +27,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
+from medgpt_oss.config import load_option
+from medgpt_oss.contract import input_spec_from_config
+from medgpt_oss.data.processor import SampleProcessor
 from medgpt_oss.data.shards import PreparedRecord, ShardWriter, write_manifest
 from medgpt_oss.data.streaming import StreamingConversations
-from medgpt_oss.harmony import IMAGE_TOKEN
-from medgpt_oss.models.tokenizer import load_tokenizer
 
 H200_CLIP_L336_IMAGES_PER_S = 1085.0  # CLIP-L/336 forward, bf16, one H200 (measured; docs/data.md)
 CORES_PER_NODE = 16
 NEEDED_PER_CORE = H200_CLIP_L336_IMAGES_PER_S / CORES_PER_NODE  # ~68 images/s per core
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def radiograph_like_jpeg(rng: np.random.Generator, size: int, quality: int = 90) -> bytes:
@@ -67,10 +66,20 @@ def write_jpeg_shards(root: Path, samples: int, source_size: int, seed: int = 0)
     return root
 
 
+def tiny_model_config(**encoder_tiny: Any) -> DictConfig:
+    """The shipped tiny CLIP + mlp2x_gelu + GPT-oss groups; ``encoder_tiny`` overrides the encoder's tiny dict."""
+    model = OmegaConf.create({"scale": "tiny", "init_seed": 0, "chat": load_option("chat", "harmony")})
+    model.encoder = load_option("encoder", "clip")
+    model.projector = load_option("projector", "mlp2x_gelu")
+    model.llm = load_option("llm", "gpt_oss")
+    model.encoder.tiny.update(encoder_tiny)
+    return model
+
+
 def make_processor(input_size: int, patch: int) -> SampleProcessor:
-    spec = ModelInputSpec(load_tokenizer(), IMAGE_TOKEN,
-                          tokens_per_image=(input_size // patch) ** 2, image_size=input_size,
-                          image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    """The processor for a CLIP encoder at ``input_size`` px in ``patch`` px patches (tiny tokenizer): CLIP's
+    normalisation and (input_size / patch)^2 image tokens, from the model contract."""
+    spec = input_spec_from_config(tiny_model_config(image_size=input_size, patch_size=patch))
     return SampleProcessor(spec, ".", max_length=None)
 
 

@@ -17,18 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from medgpt_oss.bench.data import tiny_model_config
 from medgpt_oss.config import CONF_DIR
+from medgpt_oss.contract import input_spec_from_config
 from medgpt_oss.data.datamodule import ResumableShuffleSampler
 from medgpt_oss.data.jsonl import read_jsonl
 from medgpt_oss.data.packing import PackedBatchSampler, plan_rows
-from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
+from medgpt_oss.data.processor import SampleProcessor
 from medgpt_oss.data.medsynth.generate import ensure_medsynth
-from medgpt_oss.harmony import IMAGE_TOKEN
-from medgpt_oss.models.tokenizer import load_tokenizer
 
 
 def stage_tasks(stage: str) -> list[str]:
@@ -88,13 +89,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--pack-lengths", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--lookahead", type=int, default=1024)
-    parser.add_argument("--tokens-per-image", type=int, default=64,
-                        help="64: mlp2x_gelu at tiny scale; 16: pixel_shuffle")
+    parser.add_argument("--tokens-per-image", type=int, default=None,
+                        help="default: the tiny CLIP + mlp2x_gelu model's count (64); 16: pixel_shuffle")
     parser.add_argument("--figure", type=Path, default=None, help="write the fills as a bar chart (PNG) here")
     args = parser.parse_args()
     ensure_medsynth(args.root)
-    spec = ModelInputSpec(load_tokenizer(), IMAGE_TOKEN, args.tokens_per_image, 64, (0.5,) * 3, (0.5,) * 3)
-    processor = SampleProcessor(spec, args.root)
+    spec = input_spec_from_config(tiny_model_config())  # the tiny model's tokenizer, image token, chat settings
+    if args.tokens_per_image is None:
+        args.tokens_per_image = spec.tokens_per_image
+    processor = SampleProcessor(replace(spec, tokens_per_image=args.tokens_per_image), args.root)
     records = read_jsonl(args.root / "train.jsonl")
     results: dict[str, dict] = {}
     for stage in ("longctx", "instruct"):

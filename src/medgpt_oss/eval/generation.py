@@ -76,9 +76,14 @@ def load_vlm(ckpt: str, device: str = "cpu", trusted_targets: Sequence[str] = ()
         return medvlm_from_export(path).to(device).eval()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{ckpt}' does not exist")
+    from medgpt_oss.contract import check_agreement, input_spec_from_config
     from medgpt_oss.stages.base import load_stage
 
-    return load_stage(str(path), map_location="cpu", trusted_targets=trusted_targets).vlm.to(device).eval()
+    stage = load_stage(str(path), map_location="cpu", trusted_targets=trusted_targets)
+    # The prompts are built from the model's own input_spec(): it must be the contract of the config the
+    # checkpoint saved, as training's data module had it.
+    check_agreement(input_spec_from_config(stage.hparams["model"]), stage.vlm.input_spec())
+    return stage.vlm.to(device).eval()
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -30,15 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
+from medgpt_oss.contract import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, Triple
 from medgpt_oss.models.hub import check_scale, resolve_pretrained
 
 OVERRIDE_KEY = "encoder.pretrained"
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
-
-Triple = tuple[float, float, float]
 
 # Config fields of a transformers vision tower that are bookkeeping, not architecture.
 NOT_ARCHITECTURE = {

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from medgpt_oss.contract import pixel_shuffle_tokens
+
 
 class Projector(nn.Module):
     """Base: knows how many output tokens it makes from ``num_tokens`` input tokens."""
@@ -60,12 +62,7 @@ class PixelShuffleProjector(Projector):
                                  nn.Linear(out_dim, out_dim))
 
     def output_tokens(self, num_tokens: int) -> int:
-        side = math.isqrt(num_tokens)
-        if side * side != num_tokens or side % self.factor:
-            raise ValueError(
-                f"pixel shuffle needs a square patch grid divisible by {self.factor}, got {num_tokens} tokens"
-            )
-        return num_tokens // (self.factor * self.factor)
+        return pixel_shuffle_tokens(num_tokens, self.factor)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         n, tokens, dim = features.shape

@@ -50,6 +50,8 @@ class MedVLM(ImageSplicing, nn.Module):
         return self.llm.image_token_id
 
     def input_spec(self) -> ModelInputSpec:
+        """The model's own statement of its input contract: what ``contract.input_spec_from_config`` gives for
+        the config it was built from (``contract.check_agreement`` compares the two)."""
         return ModelInputSpec(
             tokenizer=self.llm.tokenizer,
             image_token=self.llm.image_token,
