@@ -407,3 +407,39 @@ def test_a_benchmark_of_questions_and_reports_counts_each(tmp_path):
     assert (summary["n"], summary["accuracy"], summary["n_reports"]) == (4, 0.75, 1)
     only_reports = Benchmark(tmp_path, report_metrics={"convention": "plain"}).summarize(rows[4:])
     assert only_reports["n"] == only_reports["n_reports"] == 1
+
+
+def test_medsynth_prior_is_the_training_answer_to_the_same_question_without_any_image(tmp_path):
+    """by_task.<task>.prior_accuracy: each test item answered, blind, with the answer the training split gives
+    most often to the same question (multiple choice: the same stem and option set, whatever the letters)."""
+    from medgpt_oss.eval.runner import RunOptions, run_benchmark
+
+    def rec(rid, task, question, answer, options=None):
+        r = {"id": rid, "task": task, "image": "images/x.png", "modality": "cxr", "answer": answer,
+             "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+        if options:
+            r["options"] = options
+            r["conversations"][0]["value"] += "\n" + "\n".join(f"{k}. {v}" for k, v in options.items())
+        return r
+
+    stem = "<image>\nWhich finding is present in this image?"
+    train = [rec(f"t{i}", "closed", "<image>\nIs there a nodule?", a) for i, a in enumerate(["no", "no", "yes"])]
+    train += [rec(f"m{i}", "mcq", stem, letter, dict(zip("ABCD", opts))) for i, (letter, opts) in enumerate([
+        ("B", ["Tumor", "Normal tissue", "Necrosis", "Inflammation"]),
+        ("A", ["Normal tissue", "Necrosis", "Tumor", "Inflammation"]),
+        ("D", ["Tumor", "Necrosis", "Inflammation", "Normal tissue"])])]
+    test = [rec("c1", "closed", "<image>\nIs there a nodule?", "no"),
+            rec("c2", "closed", "<image>\nIs there a nodule?", "yes"),
+            rec("c3", "closed", "<image>\nIs there a pleural effusion?", "no"),      # never asked in training
+            rec("q1", "mcq", stem, "C", dict(zip("ABCD", ["Necrosis", "Tumor", "Normal tissue", "Inflammation"]))),
+            rec("q2", "mcq", stem, "A", dict(zip("ABCD", ["Tumor", "Necrosis", "Inflammation", "Normal tissue"])))]
+    for name, rows in (("train", train), ("test", test)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images/x.png")
+    bench = MedSynth(tmp_path, tasks=["closed", "mcq"])
+    summary = run_benchmark(bench, RunOptions(out_dir=tmp_path / "run", prompts={}, progress=False,
+                                              bootstrap={"resamples": 50, "seed": 0}), predictions={})
+    assert bench.prior_correct == {"c1": True, "c2": False, "c3": False, "q1": True, "q2": False}
+    assert summary["by_task"]["closed"]["prior_accuracy"] == pytest.approx(1 / 3)
+    assert summary["by_task"]["mcq"]["prior_accuracy"] == 0.5

@@ -56,10 +56,11 @@ def _whiskers(values: Sequence[float | None], intervals: Sequence[Sequence[float
 
 def grouped_bars(path: Path, title: str, groups: Sequence[str], series: Sequence[dict[str, Any]],
                  ylabel: str = "score (%)", note: str | None = None, legend_title: str | None = None,
-                 formats: Sequence[str] = ("png", "pdf"), chance: Sequence[float | None] | None = None) -> list[Path]:
+                 formats: Sequence[str] = ("png", "pdf"), levels: Sequence[dict[str, Any]] = ()) -> list[Path]:
     """Bars of ``series`` (``{"label", "values": [per group], "intervals": [[low, high] | None per group]}``,
-    values in [0, 1]) grouped by ``groups``, with a dashed chance level over each group that has one;
-    writes ``path`` with each suffix of ``formats``."""
+    values in [0, 1]) grouped by ``groups``, and reference ``levels`` (``{"label", "values": [per group, or
+    None], "style": "dashed" | "dotted", "colour"}``) drawn across each group that has one; writes ``path``
+    with each suffix of ``formats``."""
     plt = pyplot()
     n = max(1, len(series))
     width = 0.8 / n
@@ -72,12 +73,14 @@ def grouped_bars(path: Path, title: str, groups: Sequence[str], series: Sequence
         for x, v in zip(xs, s["values"], strict=True):
             if v is None:
                 ax.text(x, 1, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
-    drawn = False
-    for g, level in enumerate(chance or []):
-        if level is not None:
-            ax.hlines(100 * level, g - 0.45, g + 0.45, colors="black", linestyles="dashed", linewidth=1.2,
-                      label=None if drawn else "chance")
-            drawn = True
+    for level in levels:
+        drawn = False
+        for g, value in enumerate(level["values"]):
+            if value is not None:
+                ax.hlines(100 * value, g - 0.45, g + 0.45, colors=level.get("colour", "black"),
+                          linestyles=level.get("style", "dashed"), linewidth=1.4,
+                          label=None if drawn else level["label"])
+                drawn = True
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, fontsize=8)
     ax.set_ylim(0, 105)

@@ -89,8 +89,8 @@ def demo_summary(harness: dict[str, Any], name: str = "medsynth") -> dict[str, A
 
     Per task ``t`` of ``by_task``: ``t_accuracy`` (+ ``_ci95``), ``t_accuracy_images_blanked`` (+ ``_ci95``),
     ``t_accuracy_images_minus_blanked`` (+ ``_ci95``: paired), ``t_unparseable`` (no final channel or no
-    answer in it; + ``_images_blanked``), ``n_t``, ``t_chance``; reports: ``report_f1`` (finding F1, the same
-    set of keys) and ``n_report``."""
+    answer in it; + ``_images_blanked``), ``n_t``, ``t_chance``, ``t_prior`` (the best image-free guess);
+    reports: ``report_f1`` (finding F1, the same set of keys) and ``n_report``."""
     from medgpt_oss.eval.runner import BLANK_SUFFIX
 
     benchmarks = harness["benchmarks"]
@@ -122,6 +122,8 @@ def demo_summary(harness: dict[str, Any], name: str = "medsynth") -> dict[str, A
         out[f"n_{task}"] = split.get("n")
         if task in CHANCE:
             out[f"{task}_chance"] = CHANCE[task]
+        if "prior_accuracy" in split:   # the training answer to the same question, no image (eval/benchmarks)
+            out[f"{task}_prior"] = split["prior_accuracy"]
     put("report_f1", with_images, "finding_f1")
     put("report_f1", blanked, "finding_f1", "_images_blanked")
     put_difference("report_f1", "finding_f1")
@@ -137,7 +139,8 @@ TASK_LABELS = {"closed": "Closed (yes/no)", "open": "Open", "mcq": "Multiple cho
 
 def learning_figure(summary: dict[str, Any], path: Path) -> Path:
     """The demo's proof of learning as one picture: per task the score with the images and with every image
-    blanked (95% whiskers), and the chance level where there is one."""
+    blanked (95% whiskers), the uniform chance level, and the best image-free guess (the training split's
+    most common answer to the same question) where there are."""
     from medgpt_oss.figures import grouped_bars
 
     keys = [k[: -len("_accuracy")] for k in summary if k.endswith("_accuracy")]
@@ -150,7 +153,9 @@ def learning_figure(summary: dict[str, Any], path: Path) -> Path:
             + ", ".join(f"{k} n={summary.get(f'n_{k}')}" for k in keys) + "; 95% bootstrap intervals")
     grouped_bars(path, "What the model learnt from the pixels: MedSynth with and without its images",
                  [TASK_LABELS.get(k, k) for k in keys], series, note=note, formats=("png",),
-                 chance=[CHANCE.get(k) for k in keys])
+                 levels=[{"label": "chance (uniform guess)", "values": [CHANCE.get(k) for k in keys]},
+                         {"label": "best guess without the image", "style": "dotted", "colour": "#d62728",
+                          "values": [summary.get(f"{k}_prior") for k in keys]}])
     return path
 
 

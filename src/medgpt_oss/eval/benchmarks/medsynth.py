@@ -10,6 +10,12 @@ reference report, micro F1 over all report items (``finding_f1``, with its 95% i
 also counts scored items per task (``n_by_task``) and unparseable answers per task
 (``by_task.<task>.unparsed``: no final channel, or no label/letter in it). ``limit_per_task`` keeps
 the first N items of each task (the demo's "N per task kind").
+
+What "chance" means here is measured, not assumed: ``by_task.<task>.prior_accuracy`` is the accuracy of
+answering each closed/open/multiple-choice item, without looking at any image, with the answer the training
+split gives most often to the same question (for multiple choice: the same stem and the same set of options,
+whatever their letters). A model that learnt nothing from the pixels can reach it; one that learnt from them
+should beat it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,24 @@ from medgpt_oss.eval.benchmarks.base import Benchmark, EvalItem, MalformedItem
 TASK_KINDS = {"closed": "closed", "open": "open", "mcq": "mcq", "longitudinal": "open",
               "report": "report", "multiview_report": "report", "series_report": "report"}
 DEFAULT_TASKS = ("closed", "open", "mcq", "longitudinal", "report", "multiview_report")
+
+
+PRIOR_TASKS = ("closed", "open", "mcq")
+
+
+def prior_key(rec: Mapping[str, Any]) -> tuple:
+    """What an image-free guesser sees of a record: its question, and for multiple choice its stem and the
+    set of option texts (letters are shuffled per record, so the guess is an option text)."""
+    question = rec["conversations"][0]["value"]
+    if rec["task"] == "mcq":
+        stem = question.split("\n" + next(iter(rec["options"])) + ". ", 1)[0]
+        return (stem, frozenset(rec["options"].values()))
+    return (question,)
+
+
+def answer_text(rec: Mapping[str, Any]) -> str:
+    """The answer as text: an option's text for multiple choice, the short answer otherwise."""
+    return str(rec["options"][rec["answer"]] if rec["task"] == "mcq" else rec["answer"])
 
 
 def finding_counts(output: list[str], gold: list[str]) -> tuple[int, int, int]:
@@ -67,6 +91,24 @@ images/...                   (generate with: python -m medgpt_oss.data.medsynth,
             raise ValueError(f"limit_per_task={limit_per_task} must be >= 0 (null: every item)")
         self.split, self.tasks, self.synth = split, tuple(tasks), dict(synth) if synth else None
         self.limit_per_task = None if limit_per_task is None else int(limit_per_task)
+        self.prior_correct: dict[str, bool] = {}   # item id -> the image-free prior guess is right
+
+    def _prior_guesses(self) -> dict[tuple, str]:
+        """The training split's most common answer text per question key (see :func:`prior_key`)."""
+        path = self.root / "train.jsonl"
+        if not path.is_file():
+            return {}
+        counts: dict[tuple, Counter] = {}
+        for entry in self.read_jsonl(path, "medsynth-train-line"):
+            if isinstance(entry, MalformedItem):
+                continue
+            rec = entry[1]
+            if rec.get("task") in PRIOR_TASKS:
+                try:
+                    counts.setdefault(prior_key(rec), Counter())[answer_text(rec)] += 1
+                except (KeyError, TypeError, IndexError):
+                    continue
+        return {key: c.most_common(1)[0][0] for key, c in counts.items()}
 
     def items(self) -> Iterator[EvalItem | MalformedItem]:
         if self.synth is not None:
@@ -74,6 +116,7 @@ images/...                   (generate with: python -m medgpt_oss.data.medsynth,
 
             ensure_medsynth(self.root, **self.synth)
         path = self.require(f"{self.split}.jsonl")
+        guesses = self._prior_guesses() if self.split != "train" else {}
         taken: Counter = Counter()
         for entry in self.read_jsonl(path, "medsynth-line"):
             if isinstance(entry, MalformedItem):
@@ -88,7 +131,10 @@ images/...                   (generate with: python -m medgpt_oss.data.medsynth,
             taken[task] += 1
             item_id = str(rec.get("id", line_id))
             try:
-                yield self._item(item_id, rec)
+                item = self._item(item_id, rec)
+                if guesses and task in PRIOR_TASKS:
+                    self.prior_correct[item_id] = guesses.get(prior_key(rec)) == answer_text(rec)
+                yield item
             except (KeyError, TypeError, IndexError, ValueError) as exc:
                 yield MalformedItem(item_id, f"missing or bad field {exc!r}")
 
@@ -123,6 +169,10 @@ images/...                   (generate with: python -m medgpt_oss.data.medsynth,
             split["unparsed"] = sum(1 for r in scored if (r.get("groups") or {}).get("task") == task
                                     and r.get("kind") != "report" and r.get("extracted") is None
                                     and not r.get("missing_prediction"))
+            prior = [self.prior_correct[str(r["id"])] for r in scored
+                     if (r.get("groups") or {}).get("task") == task and str(r["id"]) in self.prior_correct]
+            if prior:
+                split["prior_accuracy"] = sum(prior) / len(prior)
         reports = self._finding_rows(scored)
         if reports:
             out["finding_f1"] = finding_f1([r["scores"]["findings"]["output"] for r in reports],
