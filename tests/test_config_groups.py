@@ -17,7 +17,7 @@ import hydra
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, InstantiationException
-from hydra.utils import get_class, get_method
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from medgpt_oss.config import CONF_DIR, MissingExtraError, group_options, load_option, model_config
@@ -147,6 +147,11 @@ class _Blocks:
         return {torch.nn.TransformerEncoderLayer}
 
 
+# The strategy each factory of medgpt_oss/strategies.py returns (a file naming a class makes that class).
+FACTORY_MAKES = {"medgpt_oss.strategies.fsdp": "medgpt_oss.strategies.TrainedOnlyFSDPStrategy",
+                 "medgpt_oss.strategies.deepspeed": "lightning.pytorch.strategies.DeepSpeedStrategy"}
+
+
 @pytest.mark.parametrize("option", options("strategy"))
 def test_strategy(option, tmp_path):
     from lightning.pytorch import Trainer
@@ -168,10 +173,9 @@ def test_strategy(option, tmp_path):
     strategy = with_model_blocks(chosen, _Blocks())
     if target is None:
         assert strategy == cfg.strategy.name  # Lightning's own choice, by name
-    else:
+    else:  # the class a file names, or the one its factory makes
         assert isinstance(strategy, Strategy)
-        made_by = get_method(str(target))
-        assert type(strategy) is made_by or not isinstance(made_by, type)
+        assert type(strategy) is get_class(FACTORY_MAKES.get(target, target))
     trainer = Trainer(accelerator="cpu", devices=1, strategy=strategy, logger=False, enable_checkpointing=False)
     assert trainer.strategy is strategy or isinstance(strategy, str)
     if cfg.strategy.get("wrap_model_blocks"):
@@ -425,3 +429,18 @@ def test_a_lora_config_stored_without_its_target_still_resumes(tmp_path):
     saved["lora"]["rank"] = 8  # a real difference is still one
     with pytest.raises(provenance.ModelMismatchError, match="lora"):
         provenance.check({"hyper_parameters": {"model": saved}}, stage, provenance.RESUME, "old.ckpt")
+
+
+# A schema field is `| None` wherever its class takes None: `null` composes and reaches the class.
+NULLABLE = {"llm.attn_implementation": [], "llm.tiny": [], "encoder.tiny": [], "lora.alpha": ["lora=r16"],
+            "lora.quantize": ["lora=qlora_r16"], "lora.quantize_modules": ["lora=qlora_r16"]}
+
+
+@pytest.mark.parametrize("key", sorted(NULLABLE))
+def test_a_field_its_class_takes_as_none_composes_as_null(key, tmp_path):
+    cfg = compose_train([*TINY, *NULLABLE[key], f"{key}=null"], tmp_path)
+    assert OmegaConf.select(cfg, key) is None
+    if key == "llm.attn_implementation":  # and the class takes it: transformers' default attention
+        assert hydra.utils.instantiate(cfg.llm).model.config._attn_implementation in ("eager", "sdpa")
+    if key == "lora.alpha":
+        assert hydra.utils.instantiate(cfg.lora).alpha == 2 * cfg.lora.rank

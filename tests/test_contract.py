@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,8 +16,11 @@ from omegaconf import OmegaConf
 
 from medgpt_oss.config import group_options, load_option
 from medgpt_oss.contract import (
-    ContractMismatchError, ModelInputSpec, check_agreement, image_input, input_spec_from_config,
+    ContractMismatchError, EncoderInput, ModelInputSpec, NoContractRule, check_agreement, image_input,
+    input_spec_from_config,
 )
+from medgpt_oss.models.encoders import VisionEncoder
+from medgpt_oss.models.projectors import Projector
 from medgpt_oss.models.vlm import MedVLM
 from tests.conftest import ENCODERS, compose_config, compose_train
 
@@ -166,10 +170,79 @@ def test_a_disagreement_names_the_fields():
     assert "tokens_per_image" not in message and "image_mean" not in message and "chat" not in message
 
 
-def test_an_encoder_class_without_a_rule_is_refused_by_name():
+# -- classes of the user's own (docs/security.md: `encoder._target_: mylab.encoders.MyTower`) ---------------------
+
+class PatchTower(VisionEncoder):
+    """A user's own encoder, as small as trains: a patch embedding and two linear blocks. It states no contract,
+    so only the built model can say what it is fed."""
+
+    MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+    def _build_tiny(self, tiny: dict) -> None:
+        self.image_size, self.patch_size = int(tiny["image_size"]), int(tiny["patch_size"])
+        self.hidden_size, self.num_layers = int(tiny["hidden_size"]), 2
+        self.image_mean, self.image_std = self.MEAN, self.STD
+        self.patches = torch.nn.Conv2d(3, self.hidden_size, self.patch_size, self.patch_size)
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(self.hidden_size, self.hidden_size) for _ in range(2))
+
+    def _hidden_states(self, pixel_values: torch.Tensor, index: int) -> torch.Tensor:
+        hidden = self.patches(pixel_values).flatten(2).transpose(1, 2)
+        for block in self.blocks[:index]:
+            hidden = torch.relu(block(hidden))
+        return hidden
+
+    def fsdp_wrap_modules(self) -> set[type[torch.nn.Module]]:
+        return {torch.nn.Linear}
+
+
+class StatedPatchTower(PatchTower):
+    """The same tower, stating its contract from its config as the built-in classes' rules do."""
+
+    @classmethod
+    def input_contract(cls, config: dict) -> EncoderInput:
+        tiny = config["tiny"]
+        return EncoderInput(int(tiny["image_size"]), int(tiny["patch_size"]), cls.MEAN, cls.STD)
+
+
+class PairPoolingProjector(Projector):
+    """A user's own projector: each pair of patch tokens averaged into one, stated from its config."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(in_dim, out_dim)
+
+    def output_tokens(self, num_tokens: int) -> int:
+        return num_tokens // 2
+
+    @classmethod
+    def output_tokens_contract(cls, config: dict, num_tokens: int) -> int:
+        return num_tokens // 2
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features.unflatten(1, (-1, 2)).mean(2))
+
+
+def test_classes_that_state_their_contract_give_it_without_a_model_built(monkeypatch):
     cfg = model_config()
-    cfg.encoder._target_ = "mypackage.MyEncoder"
-    with pytest.raises(ValueError, match="encoder._target_='mypackage.MyEncoder' has no model/data contract"):
+    cfg.encoder._target_ = f"{__name__}.StatedPatchTower"
+    cfg.projector = {"_target_": f"{__name__}.PairPoolingProjector", "_partial_": True}
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.nn.Module, "__init__", lambda self, *a, **k: pytest.fail(f"a {type(self)} was built"))
+        spec = input_spec_from_config(cfg)
+    assert (spec.image_size, spec.tokens_per_image, spec.image_mean, spec.image_std) == (
+        64, 32, PatchTower.MEAN, PatchTower.STD)
+    assert_same_spec(spec, MedVLM.from_config(cfg).input_spec())
+
+
+@pytest.mark.parametrize("part", ["encoder", "projector"])
+def test_a_class_that_states_no_contract_is_named(part):
+    cfg = model_config()
+    if part == "encoder":
+        cfg.encoder._target_ = f"{__name__}.PatchTower"
+    else:  # a Projector that does not say how many tokens its config makes
+        cfg.projector = {"_target_": "medgpt_oss.models.projectors.Projector", "_partial_": True}
+    target = cfg[part]._target_
+    with pytest.raises(NoContractRule, match=rf"{part}\._target_='{target}' states no model/data contract"):
         input_spec_from_config(cfg)
 
 
@@ -261,3 +334,31 @@ def _recorded(built: list[str], name: str, init):
         init(self, *args, **kwargs)
 
     return recording
+
+
+@pytest.mark.parametrize("tower", ["StatedPatchTower", "PatchTower"])
+def test_training_and_evaluation_take_an_encoder_class_of_the_users_own(tower, tmp_path, medsynth_dir, monkeypatch,
+                                                                        caplog):
+    """A class that states its contract: the data module first, as for the built-in classes. One that states
+    none: the model first, its input_spec() builds the data module, and evaluation loads it unchecked."""
+    from medgpt_oss.data.datamodule import ConversationDataModule
+    from medgpt_oss.eval.generation import load_vlm
+    from medgpt_oss.train import train
+    from tests.conftest import small_data_overrides
+    from tests.test_train import TINY_RUN
+
+    built: list[str] = []
+    for cls, name in ((ConversationDataModule, "data module"), (MedVLM, "model")):
+        monkeypatch.setattr(cls, "__init__", _recorded(built, name, cls.__init__))
+    target = f"{__name__}.{tower}"
+    caplog.set_level(logging.INFO)
+    cfg = compose_train(TINY_RUN + small_data_overrides() + [f"encoder._target_={target}", "trainer.max_steps=2",
+                                                             "trainer.limit_val_batches=0"], tmp_path, medsynth_dir)
+    trainer, stage = train(cfg)
+    assert trainer.global_step == 2 and type(stage.vlm.encoder).__name__ == tower
+    stated = tower == "StatedPatchTower"
+    assert built == (["data module", "model"] if stated else ["model", "data module"])
+    assert ("the data module is built from the model's own input_spec()" in caplog.text) is not stated
+    vlm = load_vlm(str(tmp_path / "checkpoints" / "last.ckpt"), trusted_targets=[target])
+    assert type(vlm.encoder).__name__ == tower
+    assert ("the prompts follow the model's own input_spec() unchecked" in caplog.text) is not stated

@@ -324,6 +324,11 @@ def test_unmerged_lora_is_kept_as_an_adapter_next_to_the_base_weights(lora_run, 
         torch.testing.assert_close(_logits(model, batch), _logits(stage.vlm, batch))  # base weights alone
     model.attach_lora_adapter()
     torch.testing.assert_close(_logits(model, batch), _logits(stage.vlm, batch))
+    # older exports' model cards say: from medgpt_oss.models.hf import attach_lora_adapter; attach_lora_adapter(model)
+    from medgpt_oss.models.hf import attach_lora_adapter
+
+    carded = attach_lora_adapter(AutoModelForImageTextToText.from_pretrained(out))
+    torch.testing.assert_close(_logits(carded, batch), _logits(stage.vlm, batch))
 
 
 def test_dtype_casts_the_weights_with_transformers_keep_in_fp32_rule(align_run, tmp_path, medsynth_dir):

@@ -124,6 +124,41 @@ def test_cli_end_to_end_prints_counts_as_last_line(tmp_path):
     assert "skip vqa_rad-12 [missing_field]" in result.stderr
     assert sorted(read_back(tmp_path / "out")) == ["vqa_rad-1", "vqa_rad-10", "vqa_rad-11", "vqa_rad-2", "vqa_rad-3"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no run folder, no .hydra copy
+    # the contract the records were validated against, printed and in the manifest
+    contract = counts["contract"]
+    assert {k: contract[k] for k in ("scale", "encoder", "projector", "tokens_per_image", "image_size",
+                                     "max_length")} == {
+        "scale": "tiny", "encoder": "medgpt_oss.models.encoders.CLIPEncoder",
+        "projector": "medgpt_oss.models.projectors.MLPProjector", "tokens_per_image": 16, "image_size": 64,
+        "max_length": 256}
+    from medgpt_oss.models.tokenizer import TINY_TOKENIZER_DIR, load_tokenizer
+
+    assert contract["tokenizer"] == str(TINY_TOKENIZER_DIR)
+    assert contract["vocab_size"] == len(load_tokenizer(TINY_TOKENIZER_DIR, "<|image|>"))  # image token included
+    assert read_manifest(tmp_path / "out")["report"]["contract"] == contract
+
+
+@pytest.mark.parametrize("tokens", [16, 4])
+def test_training_on_a_folder_prepared_for_another_token_count_warns_naming_both(tokens, tmp_path, formatter,
+                                                                                 tiny_tokenizer, recwarn):
+    from dataclasses import replace
+
+    from medgpt_oss.data.prepared import PreparedDataModule
+    from medgpt_oss.data.sources.vqa_rad import VQARAD
+    from tests.test_streaming import input_spec
+
+    contract = {"scale": "tiny", "encoder": "my.Encoder", "projector": "my.Projector", "tokens_per_image": 16}
+    out = tmp_path / "out"
+    prepare(VQARAD(write_vqa_rad(tmp_path / "src")), out, formatter, contract=contract)  # 16 tokens per image
+    PreparedDataModule(replace(input_spec(tiny_tokenizer), tokens_per_image=tokens), root=str(out))
+    warned = [str(w.message) for w in recwarn if "image tokens per image" in str(w.message)]
+    if tokens == 16:
+        assert not warned
+        return
+    assert len(warned) == 1, warned
+    assert f"'{out}' was validated with 16 image tokens per image" in warned[0]
+    assert "encoder my.Encoder, projector my.Projector" in warned[0] and "this model makes 4" in warned[0]
+    assert "re-run python -m medgpt_oss.prepare with the scale=, encoder= and projector=" in warned[0]
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "source").glob("*.yaml")))

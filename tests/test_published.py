@@ -58,3 +58,39 @@ def test_the_training_source_and_the_benchmark_read_the_same_test_records(tmp_pa
             assert answer == f"{item.gold}. {item.options[item.gold]}"
         else:
             assert item.gold == answer
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_an_image_folder_outside_the_root_is_left_to_the_image_check(tmp_path, tiny_tokenizer, allowed):
+    """An absolute ``image_dirs`` entry elsewhere is read like one inside the root; whether its images may be used
+    is the images' own check (``outside_root`` skips, or allowed with ``allow_outside_root``), for the training
+    source and the benchmark alike."""
+    from pathlib import Path
+
+    from medgpt_oss.data.conversation import ConversationError, HarmonyFormatter
+    from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
+    from medgpt_oss.harmony import IMAGE_TOKEN
+    from medgpt_oss.prepare import prepare
+
+    root, elsewhere = write_vqa_rad(tmp_path / "vqa_rad"), tmp_path / "elsewhere" / "imgs"
+    elsewhere.parent.mkdir()
+    (root / "images").rename(elsewhere)
+    source = VQARAD(root, image_dirs=[str(elsewhere)], allow_outside_root=allowed)
+    images = {str(p) for r in source.records() if not isinstance(r, Skip) for p in r.images}
+    assert images == {str(elsewhere / "synpic100.jpg"), str(elsewhere / "synpic200.jpg")}
+    report = prepare(source, tmp_path / "out", HarmonyFormatter(tiny_tokenizer, IMAGE_TOKEN, 16, max_length=256))
+    if allowed:
+        assert report["written"] == 5 and "outside_root" not in report["skip_reasons"]
+    else:
+        assert report["written"] == 0 and report["skip_reasons"]["outside_root"]["count"] == 5
+
+    items = [i for i in vqa.VQARAD(str(root), image_dirs=(str(elsewhere),)).items() if not isinstance(i, MalformedItem)]
+    assert len(items) == 2 and {Path(image).parent for i in items for image in i.images} == {elsewhere}
+    spec = ModelInputSpec(tiny_tokenizer, IMAGE_TOKEN, tokens_per_image=4, image_size=32, image_mean=(0.5, 0.5, 0.5),
+                          image_std=(0.5, 0.5, 0.5))
+    processor = SampleProcessor(spec, root, allow_outside_root=allowed)
+    if allowed:
+        assert processor.load_pixels(items[0].id, items[0].images)[0].shape == (1, 3, 32, 32)
+    else:
+        with pytest.raises(ConversationError, match="outside_root: image .* outside the data root"):
+            processor.load_pixels(items[0].id, items[0].images)

@@ -77,6 +77,9 @@ def test_a_target_outside_the_project_in_hyper_parameters_is_refused(real_ckpt, 
     # our own class, but not the part the key builds
     (lambda c: c["hyper_parameters"]["model"]["encoder"].update(_target_="medgpt_oss.prepare.Preparer"),
      "is not a VisionEncoder"),
+    # the LoRA settings are built from the checkpoint too (conf/lora/ names LoraSettings)
+    (lambda c: c["hyper_parameters"]["model"].update(lora={"_target_": "medgpt_oss.prepare.Preparer", "rank": 4}),
+     r"model\.lora\._target_ = 'medgpt_oss\.prepare\.Preparer' is not a LoraSettings"),
 ])
 def test_every_key_lightning_reads_is_checked(real_ckpt, tmp_path, edit, message):
     path = crafted(real_ckpt, tmp_path / "legacy.ckpt", edit)

@@ -10,8 +10,10 @@ The rules here are those the model classes follow when they build (``models/enco
 ``models/projectors.py``, ``models/llm.py``): how an encoder class reads its image size, patch size and
 normalisation, how many tokens a projector makes of its patches, where the tokenizer comes from. The
 normalisation defaults and the pixel-shuffle count are defined here and used there; the rest is restated, and
-``tests/test_contract.py`` checks every encoder and projector option against the built model. An encoder or
-projector class that is not listed here has no contract until its rule is added.
+``tests/test_contract.py`` checks every encoder and projector option against the built model. A class not
+listed here (a user's own) is asked itself: ``VisionEncoder.input_contract`` and
+``Projector.output_tokens_contract``, classmethods that state nothing unless the class overrides them. A class
+that states nothing raises :class:`NoContractRule`: then only the built model can say its contract.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
@@ -68,21 +70,35 @@ class ImageInput:
         return (self.image_size // self.patch_size) ** 2
 
 
+class EncoderInput(NamedTuple):
+    """What an encoder class reads from its config: the side of its square input, patch size and normalisation."""
+
+    image_size: int
+    patch_size: int
+    image_mean: Triple
+    image_std: Triple
+
+
 class ContractMismatchError(ValueError):
     """A built model states another input contract than its config gives."""
 
 
-# -- encoders: (encoder config, local weights folder or None at tiny scale) -> (image, patch, mean, std) ----
+class NoContractRule(ValueError):
+    """An encoder or projector class whose contract neither this module nor the class states: only the built
+    model can say it (``MedVLM.input_spec``)."""
+
+
+# -- encoders: (encoder config, local weights folder or None at tiny scale) -> EncoderInput ------------------
 
 def _plain(node: Any) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
-def _hf_tower(config_class: str, mean: Triple, std: Triple) -> Callable[..., tuple[int, int, Triple, Triple]]:
+def _hf_tower(config_class: str, mean: Triple, std: Triple) -> Callable[..., EncoderInput]:
     """A transformers vision tower: its vision config class reads the sizes (a two-tower checkpoint's
     ``vision_config`` included, with the class defaults), ``preprocessor_config.json`` the normalisation."""
 
-    def read(encoder: dict[str, Any], folder: Path | None) -> tuple[int, int, Triple, Triple]:
+    def read(encoder: dict[str, Any], folder: Path | None) -> EncoderInput:
         import transformers
 
         config_cls = getattr(transformers, config_class)
@@ -94,12 +110,12 @@ def _hf_tower(config_class: str, mean: Triple, std: Triple) -> Callable[..., tup
             if (folder / "preprocessor_config.json").is_file():
                 preprocess = json.loads((folder / "preprocessor_config.json").read_text())
                 image_mean, image_std = preprocess.get("image_mean", mean), preprocess.get("image_std", std)
-        return config.image_size, config.patch_size, image_mean, image_std
+        return EncoderInput(config.image_size, config.patch_size, image_mean, image_std)
 
     return read
 
 
-def _open_clip_timm(encoder: dict[str, Any], folder: Path | None) -> tuple[int, int, Triple, Triple]:
+def _open_clip_timm(encoder: dict[str, Any], folder: Path | None) -> EncoderInput:
     """An open_clip checkpoint's timm tower: ``open_clip_config.json``'s ``vision_cfg`` (or the tiny dict, the
     same fields) gives the image size; the patch size is ``timm_model_kwargs.patch_size`` when given, else
     the one timm's ViT names carry (``vit_base_patch16_224``)."""
@@ -121,10 +137,10 @@ def _open_clip_timm(encoder: dict[str, Any], folder: Path | None) -> tuple[int, 
             raise ValueError(f"timm model '{vision['timm_model_name']}' does not name its patch size; give "
                              "timm_model_kwargs.patch_size")
         patch = named.group(1)
-    return int(vision.get("image_size", 224)), int(patch), mean, std
+    return EncoderInput(int(vision.get("image_size", 224)), int(patch), mean, std)
 
 
-ENCODER_INPUTS: dict[str, Callable[[dict[str, Any], Path | None], tuple[int, int, Triple, Triple]]] = {
+ENCODER_INPUTS: dict[str, Callable[[dict[str, Any], Path | None], EncoderInput]] = {
     "medgpt_oss.models.encoders.CLIPEncoder": _hf_tower("CLIPVisionConfig", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
     "medgpt_oss.models.encoders.SiglipEncoder": _hf_tower("SiglipVisionConfig", SIGLIP_MEAN, SIGLIP_STD),
     "medgpt_oss.models.encoders.OpenCLIPTimmEncoder": _open_clip_timm,
@@ -149,27 +165,41 @@ PROJECTOR_TOKENS: dict[str, Callable[[dict[str, Any], int], int]] = {
 }
 
 
-def _rule(table: dict[str, Any], part: str, config: dict[str, Any]) -> Any:
+def _stated_by_class(part: str, config: dict[str, Any], method: str, *args: Any) -> Any:
+    """What the class a config names states through its classmethod ``method``; :class:`NoContractRule` when
+    it states nothing. Only a class outside the tables is imported here (a user's own, which building the model
+    would import anyway)."""
+    from hydra.utils import get_object
+
     target = config.get("_target_")
-    if target not in table:
-        raise ValueError(f"{part}._target_={target!r} has no model/data contract; the known classes are "
-                         f"{sorted(table)} (add its rule to medgpt_oss/contract.py)")
-    return table[target]
+    stated = getattr(get_object(str(target)), method, None)
+    answer = stated(config, *args) if callable(stated) else None
+    if answer is None:
+        raise NoContractRule(f"{part}._target_={target!r} states no model/data contract: it is not one of "
+                             f"medgpt_oss/contract.py's classes and has no {method}() classmethod of its own")
+    return answer
 
 
 def image_input(encoder: Mapping[str, Any], projector: Mapping[str, Any]) -> ImageInput:
     """What one image is to the model of these ``encoder`` and ``projector`` config groups. At full scale the
-    encoder's weights folder (``encoder.pretrained``) is found offline and its config files read."""
+    encoder's weights folder (``encoder.pretrained``) is found offline and its config files read. A class outside
+    the tables states its own part (:func:`_stated_by_class`), or :class:`NoContractRule` is raised."""
     from medgpt_oss.models.hub import check_scale, resolve_pretrained
 
     encoder, projector = _plain(encoder), _plain(projector)
-    read = _rule(ENCODER_INPUTS, "encoder", encoder)
-    full = check_scale(encoder.get("scale", "full")) == "full"
-    folder = resolve_pretrained(encoder["pretrained"], "encoder.pretrained") if full else None
-    image_size, patch_size, mean, std = read(encoder, folder)
+    read = ENCODER_INPUTS.get(encoder.get("_target_"))
+    if read is None:
+        image_size, patch_size, mean, std = _stated_by_class("encoder", encoder, "input_contract")
+    else:
+        full = check_scale(encoder.get("scale", "full")) == "full"
+        folder = resolve_pretrained(encoder["pretrained"], "encoder.pretrained") if full else None
+        image_size, patch_size, mean, std = read(encoder, folder)
     patch_tokens = (int(image_size) // int(patch_size)) ** 2
-    tokens = _rule(PROJECTOR_TOKENS, "projector", projector)(projector, patch_tokens)
-    return ImageInput(int(image_size), int(patch_size), tuple(map(float, mean)), tuple(map(float, std)), tokens)
+    count = PROJECTOR_TOKENS.get(projector.get("_target_"))
+    tokens = (count(projector, patch_tokens) if count is not None
+              else _stated_by_class("projector", projector, "output_tokens_contract", patch_tokens))
+    return ImageInput(int(image_size), int(patch_size), tuple(map(float, mean)), tuple(map(float, std)),
+                      int(tokens))
 
 
 def model_tokenizer(llm: Mapping[str, Any]) -> PreTrainedTokenizerBase:

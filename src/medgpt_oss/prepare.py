@@ -8,7 +8,8 @@ the ``encoder``/``projector``/``llm`` groups and ``scale`` name (``contract.py``
 the same ``max_length``, and a full decode of every image -- so a prepared folder
 holds only samples that train. A record that fails is written to
 ``<out>/skipped.jsonl`` with its id, kind and reason, logged, and counted in the
-last line printed: one JSON object with the counts. ``strict=true`` stops at the
+last line printed: one JSON object with the counts and the model contract the records
+were validated against (also in the manifest). ``strict=true`` stops at the
 first bad record instead, naming it, the problem and the fix (skips a source
 marks as expected, such as IU X-ray's studies without findings, are still only counted).
 """
@@ -33,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from medgpt_oss.config import CONF_DIR
-from medgpt_oss.contract import input_spec_from_config
+from medgpt_oss.contract import ModelInputSpec, input_spec_from_config
 from medgpt_oss.data.conversation import ConversationError, HarmonyFormatter
 from medgpt_oss.data.dicom import is_dicom, read_dicom
 from medgpt_oss.data.images import HIGH_BIT_DEPTH_MODES, MAX_PIXELS, decode_within, to_rgb
@@ -125,14 +126,23 @@ def conversation_problem(exc: ConversationError) -> str:
     return "bad_conversation"
 
 
-def load_formatter(cfg: DictConfig) -> HarmonyFormatter:
+def load_formatter(cfg: DictConfig, spec: ModelInputSpec | None = None) -> HarmonyFormatter:
     """The formatter training uses, as the model of ``cfg``'s encoder/projector/llm groups will tokenize: its
-    tokenizer, image token, tokens per image and chat settings (the model contract, computed from the config
-    without building the model); a set ``tokens_per_image`` overrides the count."""
-    spec = input_spec_from_config(cfg)
+    tokenizer, image token, tokens per image and chat settings (the model contract ``spec``, computed from the
+    config without building the model when not given); a set ``tokens_per_image`` overrides the count."""
+    spec = input_spec_from_config(cfg) if spec is None else spec
     tokens_per_image = spec.tokens_per_image if cfg.get("tokens_per_image") is None else int(cfg.tokens_per_image)
     return HarmonyFormatter(spec.tokenizer, spec.image_token, tokens_per_image, system_prompt=cfg.system_prompt,
                             max_length=cfg.max_length, chat=spec.chat)
+
+
+def validated_contract(cfg: DictConfig, spec: ModelInputSpec, formatter: HarmonyFormatter) -> dict[str, Any]:
+    """The model contract the records were checked against, as the manifest and the report record it: training
+    on the folder warns when its model makes another number of image tokens (``data/prepared.py``)."""
+    return {"scale": cfg.scale, "encoder": cfg.encoder._target_, "projector": cfg.projector._target_,
+            "tokens_per_image": formatter.num_image_tokens, "image_size": spec.image_size,
+            "max_length": formatter.max_length, "tokenizer": formatter.tokenizer.name_or_path,
+            "vocab_size": len(formatter.tokenizer)}
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -236,12 +246,13 @@ class Preparer:
         if item.meta.get("answer_type"):
             self.answer_types[str(item.meta["answer_type"])] += 1
 
-    def finish(self, source_name: str) -> dict[str, Any]:
+    def finish(self, source_name: str, contract: dict[str, Any] | None = None) -> dict[str, Any]:
         self._skipped.close()
         splits = {name: writer.close() for name, writer in sorted(self.writers.items())}
         report = {
             "source": source_name,
             "out": str(self.out),
+            **({"contract": contract} if contract is not None else {}),
             "written": sum(s["records"] for s in splits.values()),
             "splits": {name: s["records"] for name, s in splits.items()},
             "tasks": dict(sorted(self.tasks.items())),
@@ -256,8 +267,9 @@ class Preparer:
 
 
 def prepare(source: Source, out: str | Path, formatter: HarmonyFormatter, strict: bool = False,
-            overwrite: bool = False, **options: Any) -> dict[str, Any]:
-    """Read ``source``, write ``out``; returns the counts (also in the manifest's ``report``)."""
+            overwrite: bool = False, contract: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+    """Read ``source``, write ``out``; returns the counts (also in the manifest's ``report``), with ``contract``
+    (:func:`validated_contract`) when given."""
     out = Path(out)
     clear_previous(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -268,7 +280,7 @@ def prepare(source: Source, out: str | Path, formatter: HarmonyFormatter, strict
         items: Iterable[SourceRecord | Skip] = source.records()
         for item in items:
             preparer.add(item)
-        report = preparer.finish(source.name)
+        report = preparer.finish(source.name, contract)
     except BaseException:
         # Shards without a manifest are unusable and would block the rerun: remove what this run wrote.
         preparer._skipped.close()
@@ -320,7 +332,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="prepare: %(message)s", stream=sys.stderr)
     source: Source = instantiate(cfg.source, _convert_="all")
     try:
-        report = prepare(source, cfg.out, load_formatter(cfg), strict=cfg.strict, overwrite=cfg.overwrite,
+        spec = input_spec_from_config(cfg)
+        formatter = load_formatter(cfg, spec)
+        report = prepare(source, cfg.out, formatter, strict=cfg.strict, overwrite=cfg.overwrite,
+                         contract=validated_contract(cfg, spec, formatter),
                          dicom_options=OmegaConf.to_container(cfg.dicom), shard_records=cfg.shard_records,
                          row_group_records=cfg.row_group_records, max_pixels=int(cfg.get("max_pixels") or MAX_PIXELS))
     except (SourceLayoutError, PrepareError, FileExistsError, MissingWeightsError) as exc:

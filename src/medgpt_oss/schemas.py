@@ -8,6 +8,7 @@ append); ``tiny`` (the random-init model's architecture) is an open mapping, as 
 
 The fields are exactly the keys the option files hold, all required (``MISSING``): a schema adds no value
 of its own, so a composed config is what its file says, and checkpoints record the same settings as before.
+A field is ``| None`` wherever its class takes ``None``, so ``null`` composes where the class accepts it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class EncoderSchema:
     init_seed: int = MISSING
     feature_layer: int = MISSING
     dtype: str | None = MISSING
-    tiny: dict[str, Any] = MISSING
+    tiny: dict[str, Any] | None = MISSING
 
 
 @dataclass
@@ -62,13 +63,13 @@ class LLMSchema:
     scale: str = MISSING
     init_seed: int = MISSING
     dtype: str | None = MISSING
-    attn_implementation: str = MISSING
+    attn_implementation: str | None = MISSING
     loss_chunk_size: int | None = MISSING
     image_token: str = MISSING
     chat: Any = MISSING
     activation_checkpointing: str | None = MISSING
     compile: str | None = MISSING
-    tiny: dict[str, Any] = MISSING
+    tiny: dict[str, Any] | None = MISSING
 
 
 @dataclass
@@ -77,7 +78,7 @@ class LoraSchema:
 
     _target_: str = MISSING
     rank: int = MISSING
-    alpha: int = MISSING
+    alpha: int | None = MISSING
     dropout: float = MISSING
     target_modules: list[str] = MISSING
     target_parameters: list[str] = MISSING
@@ -87,8 +88,8 @@ class LoraSchema:
 class QLoraSchema(LoraSchema):
     """LoRA on a model stored in 4-bit (models/quantize.py)."""
 
-    quantize: str = MISSING
-    quantize_modules: list[str] = MISSING
+    quantize: str | None = MISSING
+    quantize_modules: list[str] | None = MISSING
 
 
 SCHEMAS = {

@@ -24,11 +24,13 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from medgpt_oss.config import CONF_DIR, MissingExtraError, available_stages, model_config
-from medgpt_oss.contract import check_agreement, input_spec_from_config
+from medgpt_oss.contract import NoContractRule, check_agreement, input_spec_from_config
 from medgpt_oss.models.hub import MissingWeightsError, resolve_pretrained
 from medgpt_oss.provenance import RESUME
 from medgpt_oss.provenance import check as check_provenance
 from medgpt_oss.trust import load_checkpoint
+
+log = logging.getLogger("medgpt_oss.train")
 
 
 def check_pretrained(cfg: DictConfig) -> None:
@@ -177,11 +179,18 @@ def train(cfg: DictConfig) -> tuple[Any, Any]:
         raise MissingExtraError(str(exc)) from exc
     # The data side needs only the model's input contract, computed from the config without building the model
     # (contract.py): a data config that cannot work fails here, before the (20B) model is loaded.
-    input_spec = input_spec_from_config(cfg)
-    datamodule = hydra.utils.instantiate(cfg.data, input_spec=input_spec)
+    try:
+        input_spec = input_spec_from_config(cfg)
+    except NoContractRule as exc:  # an encoder/projector class of the user's own that states no contract
+        input_spec = None
+        log.info("%s; the data module is built from the model's own input_spec(), after the model", exc)
+    datamodule = hydra.utils.instantiate(cfg.data, input_spec=input_spec) if input_spec is not None else None
     # Plain dicts (not DictConfig) so checkpoints hold only primitive hparams and load with weights_only.
     stage = hydra.utils.instantiate(cfg.stage, model=model_config(cfg), _recursive_=False, _convert_="all")
-    check_agreement(input_spec, stage.vlm.input_spec())  # the model tokenizes and splices as the data was told
+    if input_spec is None:
+        datamodule = hydra.utils.instantiate(cfg.data, input_spec=stage.vlm.input_spec())
+    else:
+        check_agreement(input_spec, stage.vlm.input_spec())  # the model tokenizes and splices as the data was told
     # weights_only: a resumed checkpoint is data -- a pickle payload is refused, for local and http(s) paths
     # (a local file is read here first, so the refusal names it). A resume must rebuild the model the checkpoint
     # saved: checked before any data is read or trainer work (provenance.py; a URL is checked as Lightning loads it).
@@ -251,7 +260,6 @@ def main(cfg: DictConfig) -> float | None:
     # Python warnings (Lightning's and ours) go to the console and, through the root logger, to the run's train.log
     # (conf/hydra/default.yaml routes the `py.warnings` logger).
     logging.captureWarnings(True)
-    log = logging.getLogger("medgpt_oss.train")
     with _job_leaves_no_distributed_state():
         _one_run_folder_for_all_ranks()
         try:

@@ -85,9 +85,11 @@ def check_checkpoint(checkpoint: Mapping[str, Any], trusted: Iterable[str] = ())
     Lightning reads (``_target_`` s of the model parts, each of its part's base class) and the stage class."""
     from medgpt_oss.models.encoders import VisionEncoder
     from medgpt_oss.models.llm import LanguageModel
+    from medgpt_oss.models.lora import LoraSettings
     from medgpt_oss.models.projectors import Projector
 
-    bases = {"model.encoder": VisionEncoder, "model.projector": Projector, "model.llm": LanguageModel}
+    bases = {"model.encoder": VisionEncoder, "model.projector": Projector, "model.llm": LanguageModel,
+             "model.lora": LoraSettings}
     for key in HPARAMS_KEYS:
         check_targets(checkpoint.get(key) or {}, f"checkpoint {key}", trusted, bases)
     if "stage_class" in checkpoint:

@@ -13,15 +13,38 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from medgpt_oss.data.datamodule import CountsSkippedSamples
 from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
+from medgpt_oss.data.shards import read_manifest
 from medgpt_oss.data.streaming import FiniteConversations, StreamingConversations
 
 # What decides the stream: a checkpoint's position only means something if these are unchanged.
 STREAM_KEYS = ("seed", "world_size", "num_workers", "batch_size", "sources", "tasks", "shuffle_buffer", "pack_length",
                "pack_lookahead", "pack_rows")
+
+
+def warn_if_prepared_for_other_tokens(root: str, tokens_per_image: int) -> None:
+    """Warn when ``prepare`` validated the folder for another image-token count than this model's (its
+    manifest records the contract it used). Not an error: every sample is tokenized again for this model as it
+    is read, and one now over ``data.max_length`` is a counted skip -- but a whole folder of them is a wasted
+    run, so say it first."""
+    try:
+        report = read_manifest(root).get("report")
+    except (OSError, ValueError):
+        return  # a missing or unreadable folder: the stream names it when it opens it
+    recorded = report.get("contract") if isinstance(report, dict) else None
+    prepared_for = recorded.get("tokens_per_image") if isinstance(recorded, dict) else None
+    if not isinstance(prepared_for, int) or prepared_for == tokens_per_image:
+        return  # the same count, or a folder from before prepare recorded its contract
+    rank_zero_warn(
+        f"prepared data '{root}' was validated with {prepared_for} image tokens per image (prepare's scale="
+        f"{recorded.get('scale')}, encoder {recorded.get('encoder')}, projector {recorded.get('projector')}), but "
+        f"this model makes {tokens_per_image}: samples are re-checked against data.max_length as they are read and "
+        "those too long are skipped. Fix: re-run python -m medgpt_oss.prepare with the scale=, encoder= and "
+        "projector= of this training run")
 
 
 class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
@@ -61,6 +84,8 @@ class PreparedDataModule(CountsSkippedSamples, L.LightningDataModule):
             if set(s) != {"root", "weight"}:
                 raise ValueError(f"each data.sources entry needs exactly 'root' and 'weight', got {s}")
         self.sources = [(str(Path(s["root"])), float(s["weight"])) for s in given]
+        for source_root, _ in self.sources:
+            warn_if_prepared_for_other_tokens(source_root, input_spec.tokens_per_image)
         self.train_split, self.val_split = train_split, val_split
         self.tasks = list(tasks) if tasks else None
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed

@@ -12,6 +12,7 @@ decodes to the same text as one item at a time.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from medgpt_oss.data.processor import SampleProcessor
 from medgpt_oss.harmony import END, FINAL_HEADER, STOP_TOKENS, final_answer
 
+log = logging.getLogger(__name__)
 IMAGE_OPTIONS = ("max_tiles", "dicom")
 IMAGE_MODES = ("normal", "blank", "both")  # images.mode of conf/eval.yaml
 
@@ -76,13 +78,18 @@ def load_vlm(ckpt: str, device: str = "cpu", trusted_targets: Sequence[str] = ()
         return medvlm_from_export(path).to(device).eval()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{ckpt}' does not exist")
-    from medgpt_oss.contract import check_agreement, input_spec_from_config
+    from medgpt_oss.contract import NoContractRule, check_agreement, input_spec_from_config
     from medgpt_oss.stages.base import load_stage
 
     stage = load_stage(str(path), map_location="cpu", trusted_targets=trusted_targets)
     # The prompts are built from the model's own input_spec(): it must be the contract of the config the
     # checkpoint saved, as training's data module had it.
-    check_agreement(input_spec_from_config(stage.hparams["model"]), stage.vlm.input_spec())
+    try:
+        config_spec = input_spec_from_config(stage.hparams["model"])
+    except NoContractRule as exc:  # a class of the user's own that states none: training used input_spec() too
+        log.info("%s; the prompts follow the model's own input_spec() unchecked", exc)
+    else:
+        check_agreement(config_spec, stage.vlm.input_spec())
     return stage.vlm.to(device).eval()
 
 

@@ -30,7 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
-from medgpt_oss.contract import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, Triple
+from medgpt_oss.contract import (
+    OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, EncoderInput, Triple,
+)
 from medgpt_oss.models.hub import check_scale, resolve_pretrained
 
 OVERRIDE_KEY = "encoder.pretrained"
@@ -113,6 +115,14 @@ class VisionEncoder(nn.Module):
     def fsdp_wrap_modules(self) -> set[type[nn.Module]]:
         """The transformer block class(es) to auto-wrap for FSDP."""
         raise NotImplementedError
+
+    @classmethod
+    def input_contract(cls, config: dict[str, Any]) -> EncoderInput | None:
+        """Image size, patch size and normalisation from the ``encoder`` config group alone (at full scale, from
+        the weights folder's config files; no weights loaded), for the data side before any model is built
+        (``contract.py``, whose own rules cover this module's classes). A class of your own overrides it to state
+        its contract; ``None`` (this default): known only once built, so ``train`` builds the model first."""
+        return None
 
     def architecture(self) -> dict[str, Any]:
         """The ``tiny`` dict from which this class builds this exact architecture (``scale="tiny"``): an

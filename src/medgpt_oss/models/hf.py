@@ -26,7 +26,8 @@ def register() -> None:
 
 
 def attach_lora_adapter(model: MedVLMForConditionalGeneration, adapter_dir=None) -> MedVLMForConditionalGeneration:
-    """Kept because exports' model cards name it: ``model.attach_lora_adapter(adapter_dir)``."""
+    """Kept because older exports' model cards say ``from medgpt_oss.models.hf import attach_lora_adapter`` and
+    ``attach_lora_adapter(model)``; the same as ``model.attach_lora_adapter(adapter_dir)``, which new cards show."""
     return model.attach_lora_adapter(adapter_dir)
 
 

@@ -8,6 +8,7 @@ repeats sizes that belong to other parts.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +21,13 @@ class Projector(nn.Module):
 
     def output_tokens(self, num_tokens: int) -> int:
         return num_tokens
+
+    @classmethod
+    def output_tokens_contract(cls, config: dict[str, Any], num_tokens: int) -> int | None:
+        """:meth:`output_tokens` from the ``projector`` config group alone, for the data side before any model is
+        built (``contract.py``). A class of your own overrides it to state its count; ``None`` (this default):
+        the count is known only once built, so ``train`` builds the model before the data module."""
+        return None
 
 
 class LinearProjector(Projector):

@@ -129,8 +129,11 @@ class PublishedLayout:
         raise self.layout_error(f"none of {list(candidates)} found in '{self.root}'")
 
     def require_folder(self, *candidates: str) -> str:
-        """:meth:`require`, as the path relative to the root that the records' image paths start with."""
-        return self.require(*candidates).relative_to(self.root).as_posix()
+        """:meth:`require`, as the path relative to the root that the records' image paths start with; an
+        absolute folder elsewhere stays absolute. Whether its images may be read is the image readers' own
+        ``inside_root`` check (refused as ``outside_root`` unless ``allow_outside_root``), as for any path."""
+        folder = self.require(*candidates)
+        return folder.relative_to(self.root).as_posix() if folder.is_relative_to(self.root) else folder.as_posix()
 
     # -- readers (see the module docstring for the encoding policy) ----------------------------
 
