@@ -23,15 +23,21 @@ SCHEMA_GROUP = "schema"
 
 
 @dataclass
-class EncoderSchema:
-    """conf/encoder/*.yaml: a :class:`medgpt_oss.models.encoders.VisionEncoder` subclass and its settings."""
+class PretrainedPartSchema:
+    """What every pretrained model part's file holds: its class, weights, scale, tiny init seed and dtype."""
 
     _target_: str = MISSING
     pretrained: str = MISSING
     scale: str = MISSING
     init_seed: int = MISSING
-    feature_layer: int = MISSING
     dtype: str | None = MISSING
+
+
+@dataclass
+class EncoderSchema(PretrainedPartSchema):
+    """conf/encoder/*.yaml: a :class:`medgpt_oss.models.encoders.VisionEncoder` subclass and its settings."""
+
+    feature_layer: int = MISSING
     tiny: dict[str, Any] | None = MISSING
 
 
@@ -55,14 +61,9 @@ class PixelShuffleProjectorSchema(LinearProjectorSchema):
 
 
 @dataclass
-class LLMSchema:
+class LLMSchema(PretrainedPartSchema):
     """conf/llm/*.yaml: :class:`medgpt_oss.models.llm.LanguageModel` and its settings."""
 
-    _target_: str = MISSING
-    pretrained: str = MISSING
-    scale: str = MISSING
-    init_seed: int = MISSING
-    dtype: str | None = MISSING
     attn_implementation: str | None = MISSING
     loss_chunk_size: int | None = MISSING
     image_token: str = MISSING

@@ -92,9 +92,16 @@ images/...                   (generate with: python -m medgpt_oss.data.medsynth,
         self.split, self.tasks, self.synth = split, tuple(tasks), dict(synth) if synth else None
         self.limit_per_task = None if limit_per_task is None else int(limit_per_task)
         self.prior_correct: dict[str, bool] = {}   # item id -> the image-free prior guess is right
+        self._guesses: dict[tuple, str] | None = None   # read once: items() runs again for blanked images
 
     def _prior_guesses(self) -> dict[tuple, str]:
-        """The training split's most common answer text per question key (see :func:`prior_key`)."""
+        """The training split's most common answer text per question key (see :func:`prior_key`); empty when
+        no task asked for has one, or there is no training split."""
+        if self._guesses is None:
+            self._guesses = self._read_prior_guesses() if set(self.tasks) & set(PRIOR_TASKS) else {}
+        return self._guesses
+
+    def _read_prior_guesses(self) -> dict[tuple, str]:
         path = self.root / "train.jsonl"
         if not path.is_file():
             return {}
