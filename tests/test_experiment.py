@@ -61,9 +61,11 @@ def test_arms_come_from_the_swept_overrides_not_a_list_of_encoders():
 def test_the_suite_and_recipe_follow_scale():
     cfg = compose_experiment(["experiment=figure1"])
     assert [s.name for s in cfg.recipe.stages] == ["align", "instruct"]
-    assert "lora=r16" in cfg.recipe.stages[1].overrides  # projector + LoRA on the LLM
+    # the random tiny LLM trains fully (LoRA on it learns no closed questions); real weights train through LoRA
+    assert not any(o.startswith("lora=") for o in cfg.recipe.stages[1].overrides)
     assert list(cfg.suite.benchmarks) == ["medsynth"] and cfg.suite.images == "both"
     full = compose_experiment(["experiment=figure1", "scale=full"])
+    assert "lora=r16" in full.recipe.stages[1].overrides  # projector + LoRA on the LLM, the LLaVA recipe
     assert list(full.suite.benchmarks) == ["vqa_rad", "slake", "pathvqa", "pmc_vqa", "mmmu_med", "medxpertqa_mm",
                                            "medframeqa"]
     f2 = compose_experiment(["experiment=figure2", "scale=full"])
@@ -235,7 +237,7 @@ def test_figure2_reduced_trains_then_scores_each_report_setting(tmp_path, medsyn
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _read_csv(out / "comparison.csv")
     assert [r["setting"] for r in rows] == ["frontal", "multiview", "longitudinal"]
-    tasks = {"frontal": "report", "multiview": "multiview_report", "longitudinal": "series_report"}
+    tasks = {"frontal": "report", "multiview": "multiview_report", "longitudinal": "longitudinal_report"}
     for row in rows:
         preds = [json.loads(line) for line in
                  (out / "settings" / row["setting"] / "medsynth" / "predictions.jsonl").read_text().splitlines()]

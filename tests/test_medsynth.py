@@ -165,7 +165,7 @@ def test_every_record_is_well_formed(medsynth, records):
             assert len(set(r["options"].values())) == 4
             assert conv[1]["value"] == f"{r['answer']}. {r['options'][r['answer']]}"
             assert all(f"{k}. {v}" in conv[0]["value"] for k, v in r["options"].items())
-        if r["task"] in ("multiview_report", "longitudinal"):
+        if r["task"] in ("multiview_report", "longitudinal", "longitudinal_report"):
             assert len(images) == 2
         if r["task"] == "multiturn":
             assert len(conv) // 2 == len(r["answers"]) >= 2
@@ -410,11 +410,72 @@ def test_a_patient_series_holds_every_study_oldest_first_and_reports_the_current
     assert (medsynth / r["image"][0]).read_bytes() != (medsynth / r["image"][-4]).read_bytes()
 
 
+def test_a_longitudinal_report_reads_the_prior_study_and_states_the_change(records):
+    reports = _by(records, "longitudinal_report")
+    assert len(reports) == len(_by(records, "longitudinal")) > 0  # every patient with a prior study
+    for r in reports:
+        index = int(r["id"].split("-")[2])
+        case = sample_case(0, "train", index)
+        # as MIMIC-CXR's longitudinal samples: the prior frontal image and report, then the current frontal image
+        assert r["image"] == [f"images/train/{index:06d}_prior_frontal.png", f"images/train/{index:06d}_frontal.png"]
+        question, answer = (t["value"] for t in r["conversations"])
+        prior = report_text(case["prior"]["findings"]).replace("\n", " ")
+        assert question.startswith(f"Prior study:\n<image>\nPrior report: {prior}\nCurrent study:\n<image>\n")
+        assert answer == report_text(case["findings"]) + "\nComparison: " + CHANGE_SENTENCES[case["change"]]
+        assert r["answer"] == case["change"] and findings_from_report(answer) == r["findings"]
+
+
+def _records_without_images(split: str, indices: range) -> list[dict]:
+    """Records of many cases, fast: the images' paths without drawing them (records read no pixels)."""
+    out = []
+    for i in indices:
+        case = sample_case(0, split, i)
+        views = {"cxr": ["frontal", "lateral"], "ct": ["axial"], "mri": ["axial"], "pathology": ["patch"]}
+        names = views[case["modality"]]
+        if case.get("prior"):
+            names += ["prior_frontal", "prior_lateral"] + [f"older{k:02d}_frontal" for k in range(len(case["older"]))]
+        out += case_records(case, 0, {v: f"images/{split}/{i:06d}_{v}.png" for v in names})
+    return out
+
+
+def test_multiple_choice_options_do_not_give_the_answer_away():
+    """Guessing without the image from the stem and the four options: the best guess learnt on 6,000 cases
+    (the most frequent answer per stem and option set), scored on 3,000 other cases, is right at most 0.30
+    of the time for the modality question (chance 0.25) and 0.40 for the finding question, where co-occurring
+    chest findings leave a hint (MedSynth 2, which padded finding questions with never-drawn findings: 0.51)."""
+    from medgpt_oss.eval.benchmarks.medsynth import answer_text, prior_key
+
+    seen: dict[tuple, Counter] = defaultdict(Counter)
+    for r in _by(_records_without_images("train", range(6000)), "mcq"):
+        seen[prior_key(r)][answer_text(r)] += 1
+    right: dict[str, list[bool]] = defaultdict(list)
+    for r in _by(_records_without_images("val", range(3000)), "mcq"):
+        guess = seen[prior_key(r)].most_common(1)
+        right[prior_key(r)[0]].append(bool(guess) and guess[0][0] == answer_text(r))
+    assert set(right) == {"<image>\nWhat is the imaging modality of this image?",
+                          "<image>\nWhich finding is present in this image?"}
+    limit = {"<image>\nWhat is the imaging modality of this image?": 0.30,
+             "<image>\nWhich finding is present in this image?": 0.40}
+    for stem, hits in right.items():
+        assert len(hits) > 400 and np.mean(hits) <= limit[stem], (stem, np.mean(hits), len(hits))
+    # and the image decides: the answer is a finding the case has, or "No abnormality" for a normal case
+    for r in _by(_records_without_images("val", range(300)), "mcq"):
+        if r["id"].endswith("mcq-finding"):
+            present = [k for k, v in r["findings"].items() if v]
+            named = {"Lung nodule": "nodule", "Pleural effusion": "effusion", "Cardiomegaly": "cardiomegaly",
+                     "Liver lesion": "liver_lesion", "Brain mass": "brain_mass", "Tumor": "tumor"}
+            assert named.get(answer_text(r)) in present if present else answer_text(r) == "No abnormality"
+            assert not any(named.get(o) in present for o in r["options"].values() if o != answer_text(r))
+
+
 def test_series_are_the_long_samples_of_the_long_context_mix(records, tiny_tokenizer):
     from medgpt_oss.data.processor import ModelInputSpec, SampleProcessor
     from medgpt_oss.harmony import IMAGE_TOKEN
 
     spec = ModelInputSpec(tiny_tokenizer, IMAGE_TOKEN, 64, 64, (0.5,) * 3, (0.5,) * 3)
     processor = SampleProcessor(spec, ".")
-    lengths = {t: [processor.sample_length(r) for r in _by(records, t)] for t in ("series_report", "longitudinal")}
+    tasks = ("series_report", "longitudinal", "longitudinal_report")
+    lengths = {t: [processor.sample_length(r) for r in _by(records, t)] for t in tasks}
     assert max(lengths["series_report"]) > 2000 > 4 * max(lengths["longitudinal"])
+    # the longitudinal report fits the instruct stage's rows (512 tokens at 16 tokens per image, the demo's)
+    assert max(lengths["longitudinal_report"]) - 2 * 64 + 2 * 16 <= 512

@@ -17,7 +17,7 @@ _MAGIC = 0x4D53594E  # "MSYN": keeps our seed space apart from other users of (s
 CHANGES = ("new", "grown", "resolved", "stable", "none")
 
 # Probabilities that shape the mix.
-_P_MODALITY = (("cxr", 0.50), ("ct", 0.15), ("mri", 0.15), ("pathology", 0.20))
+MODALITY_SHARE = {"cxr": 0.50, "ct": 0.15, "mri": 0.15, "pathology": 0.20}
 _P_NORMAL_CXR = 0.20   # fully normal chest studies
 _P_FINDING = 0.58      # per finding, given "not normal" and at least one: ~50 % overall
 _P_PRIOR = 0.40        # chest patients with a prior study
@@ -71,9 +71,9 @@ def _sample_mri_anatomy(rng: np.random.Generator) -> dict[str, float]:
 def sample_case(seed: int, split: str, index: int) -> dict[str, Any]:
     """The ground truth of one case (modality, findings, hidden anatomy parameters)."""
     rng = np.random.default_rng(case_seeds(seed, split, index)[0])
-    r, modality = rng.random(), _P_MODALITY[-1][0]
+    r, modality = rng.random(), list(MODALITY_SHARE)[-1]
     acc = 0.0
-    for name, p in _P_MODALITY:
+    for name, p in MODALITY_SHARE.items():
         acc += p
         if r < acc:
             modality = name

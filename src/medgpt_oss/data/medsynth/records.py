@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any
 
 import numpy as np
 
-from medgpt_oss.data.medsynth.cases import case_seeds, positive_findings
+from medgpt_oss.data.medsynth.cases import MODALITY_SHARE, case_seeds, positive_findings
 from medgpt_oss.data.medsynth.text import CHANGE_SENTENCES, capitalized, caption_text, report_text
 
 TASKS = ("caption", "report", "closed", "open", "mcq", "text_qa",
-         "multiview_report", "longitudinal", "multiturn", "series_report")
+         "multiview_report", "longitudinal", "longitudinal_report", "multiturn", "series_report")
 MODALITY_NAMES = {"cxr": "Chest X-ray", "ct": "CT", "mri": "MRI", "pathology": "Pathology"}
 _P_TEXT_QA = 0.30      # a text-only knowledge question attached to a case
 
@@ -38,13 +40,22 @@ TEXT_QA = (
 _CAPTION_PROMPTS = ("Describe the image briefly.", "Write a short caption for this image.",
                     "What does this image show?")
 
-_MCQ_POOLS = {  # (name shown, finding key or None for "normal"), fillers never present
-    "cxr": ([("Lung nodule", "nodule"), ("Pleural effusion", "effusion"), ("Cardiomegaly", "cardiomegaly"),
-             ("No abnormality", None)], ["Pneumothorax", "Rib fracture"]),
-    "ct": ([("Liver lesion", "liver_lesion"), ("No abnormality", None)], ["Kidney stone", "Ascites"]),
-    "mri": ([("Brain mass", "brain_mass"), ("No abnormality", None)], ["Hydrocephalus", "Skull fracture"]),
-    "pathology": ([("Tumor", "tumor"), ("Normal tissue", None)], ["Necrosis", "Inflammation"]),
-}
+# Multiple choice is built so that the options alone give the answer away as little as the findings allow:
+# - each answer is asked about equally often: a case's question is asked as multiple choice with probability
+#   min(1, MCQ_RATE / the answer's share of cases), so common answers ("No abnormality", chest X-ray) are not
+#   the best guess; a modality question not asked so is asked as an open question;
+# - the finding question's three distractors come from every modality's findings and "No abnormality", never a
+#   finding the image has; an option set is drawn with probability proportional to the product of its options'
+#   shares, so that rarer answers do not stand out as the odd option.
+# What is left to a guesser without the image: findings co-occur on chest X-rays, so a set that leaves out a
+# chest finding hints that the image has it (test_medsynth: the best image-free guess is right ~0.37, chance 0.25).
+MCQ_RATE = 0.15
+NO_FINDING = "No abnormality"
+FINDING_NAMES = {"nodule": "Lung nodule", "effusion": "Pleural effusion", "cardiomegaly": "Cardiomegaly",
+                 "liver_lesion": "Liver lesion", "brain_mass": "Brain mass", "tumor": "Tumor"}
+# each finding question's answer: its share of cases (measured on 20,000 generated cases)
+ANSWER_SHARE = {"Lung nodule": 0.151, "Pleural effusion": 0.131, "Cardiomegaly": 0.135, "Liver lesion": 0.077,
+                "Brain mass": 0.075, "Tumor": 0.099, NO_FINDING: 0.332}
 _CLOSED = {  # finding key -> question
     "nodule": "Is there a nodule?", "effusion": "Is there a pleural effusion?",
     "cardiomegaly": "Is the heart enlarged?", "liver_lesion": "Is there a liver lesion?",
@@ -71,19 +82,20 @@ def _mcq(rng: np.random.Generator, question: str, correct: str, distractors: lis
     return q, letters[gold], options
 
 
-def _finding_mcq(rng: np.random.Generator, modality: str, f: dict) -> tuple[str, str, dict]:
-    real, fillers = _MCQ_POOLS[modality]
-    present = [name for name, key in real if key and f[key]]
-    absent = [name for name, key in real if key and not f[key]]
-    normal = [name for name, key in real if key is None]
-    if present:
-        correct = present[int(rng.integers(len(present)))]
-        distractors = absent + normal
-    else:
-        correct, distractors = normal[0], absent
-    # fill with never-drawn findings only when the real pool runs out
-    fill = [fillers[i] for i in rng.permutation(len(fillers))]
-    distractors = (distractors + fill)[:3]
+def _asked_as_mcq(rng: np.random.Generator, share: float) -> bool:
+    return rng.random() < min(1.0, MCQ_RATE / share)
+
+
+def _finding_mcq(rng: np.random.Generator, f: dict) -> tuple[str, str, dict] | None:
+    """"Which finding is present?" as multiple choice, or None when this case is not asked it (see MCQ_RATE)."""
+    present = [name for key, name in FINDING_NAMES.items() if f.get(key)]
+    correct = present[int(rng.integers(len(present)))] if present else NO_FINDING
+    if not _asked_as_mcq(rng, ANSWER_SHARE[correct]):
+        return None
+    pool = [name for name in ANSWER_SHARE if name != correct and name not in present]
+    triples = list(itertools.combinations(pool, 3))
+    weight = np.array([math.prod(ANSWER_SHARE[name] for name in t) for t in triples])
+    distractors = list(triples[int(rng.choice(len(triples), p=weight / weight.sum()))])
     return _mcq(rng, "Which finding is present in this image?", correct, distractors)
 
 
@@ -130,6 +142,14 @@ def case_records(case: dict[str, Any], seed: int, images: dict[str, str]) -> lis
             rec("longitudinal", [images["prior_frontal"], images["frontal"]],
                 _conv(q, CHANGE_SENTENCES[case["change"]]), "longitudinal", answer=case["change"],
                 findings={"change": case["change"], "prior_nodule": prior_f["nodule"], "nodule": f["nodule"]})
+            # the longitudinal report: one prior study (frontal image + report) and the current frontal image, as
+            # MIMIC-CXR's longitudinal samples are; the report ends with the change (Figure 2's third setting)
+            q = ("Prior study:\n<image>\nPrior report: " + report_text(prior_f).replace("\n", " ") +
+                 "\nCurrent study:\n<image>\nWrite the findings and impression for this chest radiograph, "
+                 "comparing it with the prior study.")
+            rec("longitudinal-report", [images["prior_frontal"], images["frontal"]],
+                _conv(q, report_text(f) + "\nComparison: " + CHANGE_SENTENCES[case["change"]]),
+                "longitudinal_report", answer=case["change"], findings=pos)
 
     # closed questions: every finding of the modality, asked whatever the answer
     for key in f:
@@ -160,7 +180,7 @@ def case_records(case: dict[str, Any], seed: int, images: dict[str, str]) -> lis
 
     # modality: asked as an open question or as a multiple choice, never both
     mod_name = MODALITY_NAMES[m]
-    if rng.random() < 0.5:
+    if not _asked_as_mcq(rng, MODALITY_SHARE[m]):
         rec("open-modality", main, _conv("<image>\nWhat is the imaging modality?", mod_name + "."), "open",
             answer=mod_name.lower())
     else:
@@ -168,9 +188,11 @@ def case_records(case: dict[str, Any], seed: int, images: dict[str, str]) -> lis
         q, letter, options = _mcq(rng, "What is the imaging modality of this image?", mod_name, distract)
         rec("mcq-modality", main, _conv("<image>\n" + q, f"{letter}. {mod_name}"), "mcq", answer=letter,
             options=options)
-    q, letter, options = _finding_mcq(rng, m, f)
-    rec("mcq-finding", main, _conv("<image>\n" + q, f"{letter}. {options[letter]}"), "mcq", answer=letter,
-        options=options)
+    finding_mcq = _finding_mcq(rng, f)
+    if finding_mcq is not None:
+        q, letter, options = finding_mcq
+        rec("mcq-finding", main, _conv("<image>\n" + q, f"{letter}. {options[letter]}"), "mcq", answer=letter,
+            options=options)
 
     # multiturn: 2-3 questions about the same image, follow-ups only where they make sense
     qa: list[tuple[str, str, str]] = []
