@@ -165,7 +165,7 @@ def test_every_record_is_well_formed(medsynth, records):
             assert len(set(r["options"].values())) == 4
             assert conv[1]["value"] == f"{r['answer']}. {r['options'][r['answer']]}"
             assert all(f"{k}. {v}" in conv[0]["value"] for k, v in r["options"].items())
-        if r["task"] in ("multiview_report", "longitudinal", "longitudinal_report"):
+        if r["task"] in ("multiview_report", "longitudinal"):
             assert len(images) == 2
         if r["task"] == "multiturn":
             assert len(conv) // 2 == len(r["answers"]) >= 2
@@ -416,11 +416,11 @@ def test_a_longitudinal_report_reads_the_prior_study_and_states_the_change(recor
     for r in reports:
         index = int(r["id"].split("-")[2])
         case = sample_case(0, "train", index)
-        # as MIMIC-CXR's longitudinal samples: the prior frontal image and report, then the current frontal image
-        assert r["image"] == [f"images/train/{index:06d}_prior_frontal.png", f"images/train/{index:06d}_frontal.png"]
+        # as MIMIC-CXR's longitudinal items: the prior frontal image and report, then the current views
+        assert r["image"] == [f"images/train/{index:06d}_{v}.png" for v in ("prior_frontal", "frontal", "lateral")]
         question, answer = (t["value"] for t in r["conversations"])
         prior = report_text(case["prior"]["findings"]).replace("\n", " ")
-        assert question.startswith(f"Prior study:\n<image>\nPrior report: {prior}\nCurrent study:\n<image>\n")
+        assert question.startswith(f"Prior study:\n<image>\nPrior report: {prior}\nCurrent study:\n<image>\n<image>\n")
         assert answer == report_text(case["findings"]) + "\nComparison: " + CHANGE_SENTENCES[case["change"]]
         assert r["answer"] == case["change"] and findings_from_report(answer) == r["findings"]
 
@@ -478,4 +478,4 @@ def test_series_are_the_long_samples_of_the_long_context_mix(records, tiny_token
     lengths = {t: [processor.sample_length(r) for r in _by(records, t)] for t in tasks}
     assert max(lengths["series_report"]) > 2000 > 4 * max(lengths["longitudinal"])
     # the longitudinal report fits the instruct stage's rows (512 tokens at 16 tokens per image, the demo's)
-    assert max(lengths["longitudinal_report"]) - 2 * 64 + 2 * 16 <= 512
+    assert max(lengths["longitudinal_report"]) - 3 * 64 + 3 * 16 <= 512

@@ -15,7 +15,10 @@ What is drawn (every geometry is in normalised [0, 1] coordinates, so any
   with a meniscus rising laterally) and *cardiomegaly* (cardiothoracic ratio
   0.60-0.68 vs 0.35-0.43 when absent). Some patients (40 %) also have a prior
   study; the nodule between prior and current is new, grown (small -> large),
-  resolved, stable, or absent from both ("none"). Those patients also have 3-16
+  resolved, stable, or absent from both ("none"): the ``longitudinal`` question
+  and the ``longitudinal_report`` (prior frontal image and report + current
+  frontal and lateral views -> report with a Comparison line, laid out as
+  MIMIC-CXR's longitudinal items). Those patients also have 3-16
   older follow-up studies (frontal views, findings as on the prior): their whole
   series with reports, oldest first, makes the long ``series_report`` samples of
   the long-context stage (thousands of tokens at 64 tokens per image).
@@ -30,6 +33,13 @@ are viewed from the feet, so the patient's left is on the image's RIGHT and
 the patient's right on the image's left. Lateral radiographs are displayed
 with the patient's front (anterior) on the image left and the spine
 (posterior) on the image right; a lateral view cannot show the side.
+
+Multiple choice (``mcq``: the modality, and which finding is present) is built so
+that the four options give the answer away as little as the findings allow: each
+answer is asked about equally often, and distractors come from every modality's
+findings (``records.MCQ_RATE``). The best guess without the image is right about
+1 time in 4 for the modality and ~0.38 for the finding (co-occurring chest
+findings leave a hint); the benchmark reports it as ``prior_accuracy``.
 
 Records are LLaVA-style JSONL (``{root}/{split}.jsonl``, images under
 ``{root}/images/{split}/``, paths relative to ``root``) with our extra fields:

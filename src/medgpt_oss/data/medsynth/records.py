@@ -142,12 +142,12 @@ def case_records(case: dict[str, Any], seed: int, images: dict[str, str]) -> lis
             rec("longitudinal", [images["prior_frontal"], images["frontal"]],
                 _conv(q, CHANGE_SENTENCES[case["change"]]), "longitudinal", answer=case["change"],
                 findings={"change": case["change"], "prior_nodule": prior_f["nodule"], "nodule": f["nodule"]})
-            # the longitudinal report: one prior study (frontal image + report) and the current frontal image, as
-            # MIMIC-CXR's longitudinal samples are; the report ends with the change (Figure 2's third setting)
+            # the longitudinal report, laid out as MIMIC-CXR's longitudinal items: the prior frontal image and report,
+            # then the current views; the report ends with the change (Figure 2's third setting)
             q = ("Prior study:\n<image>\nPrior report: " + report_text(prior_f).replace("\n", " ") +
-                 "\nCurrent study:\n<image>\nWrite the findings and impression for this chest radiograph, "
-                 "comparing it with the prior study.")
-            rec("longitudinal-report", [images["prior_frontal"], images["frontal"]],
+                 "\nCurrent study:\n<image>\n<image>\nCompare with the prior study and write the findings and "
+                 "impression of the current study.")
+            rec("longitudinal-report", [images["prior_frontal"], images["frontal"], images["lateral"]],
                 _conv(q, report_text(f) + "\nComparison: " + CHANGE_SENTENCES[case["change"]]),
                 "longitudinal_report", answer=case["change"], findings=pos)
 

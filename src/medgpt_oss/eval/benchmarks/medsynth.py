@@ -27,8 +27,8 @@ from typing import Any
 from medgpt_oss.eval.benchmarks.base import Benchmark, EvalItem, MalformedItem
 
 # MedSynth task -> eval kind. caption/text_qa/multiturn have no single checkable answer.
-# longitudinal_report (the prior frontal image and report + the current frontal image -> report with a
-# Comparison line) is the longitudinal setting of Figure 2, as MIMIC-CXR's; series_report (the patient's whole
+# longitudinal_report (the prior frontal image and report + the current views -> report with a Comparison
+# line) is the longitudinal setting of Figure 2, laid out as MIMIC-CXR's; series_report (the patient's whole
 # series) is the long-context one. Both are asked for by name only (not among the default tasks).
 TASK_KINDS = {"closed": "closed", "open": "open", "mcq": "mcq", "longitudinal": "open",
               "report": "report", "multiview_report": "report", "longitudinal_report": "report",
