@@ -443,3 +443,24 @@ def test_medsynth_prior_is_the_training_answer_to_the_same_question_without_any_
     assert bench.prior_correct == {"c1": True, "c2": False, "c3": False, "q1": True, "q2": False}
     assert summary["by_task"]["closed"]["prior_accuracy"] == pytest.approx(1 / 3)
     assert summary["by_task"]["mcq"]["prior_accuracy"] == 0.5
+
+
+def test_medsynth_counts_wrong_letters_that_name_the_right_option(tmp_path):
+    """by_task.mcq.wrong_letter_right_text: wrong answers whose reply names the right option's text under
+    another letter (the finding was seen, the letter not bound to it) -- of by_task.mcq.wrong."""
+    from medgpt_oss.eval.runner import RunOptions, run_benchmark
+
+    options = dict(zip("ABCD", ["Tumor", "Lung nodule", "No abnormality", "Brain mass"]))
+    question = "<image>\nWhich finding is present in this image?\n" + "\n".join(f"{k}. {v}" for k, v in options.items())
+    test = [{"id": f"q{i}", "task": "mcq", "image": "images/x.png", "modality": "cxr", "answer": "B",
+             "options": options, "conversations": [{"from": "human", "value": question},
+                                                   {"from": "gpt", "value": "B. Lung nodule"}]} for i in range(4)]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images/x.png")
+    replies = {"q0": "B. Lung nodule", "q1": "C. Lung nodule", "q2": "A. Tumor", "q3": "D. lung nodule"}
+    summary = run_benchmark(MedSynth(tmp_path, tasks=["mcq"]),
+                            RunOptions(out_dir=tmp_path / "run", prompts={}, progress=False,
+                                       bootstrap={"resamples": 50, "seed": 0}), predictions=replies)
+    mcq = summary["by_task"]["mcq"]
+    assert (mcq["accuracy"], mcq["wrong"], mcq["wrong_letter_right_text"]) == (0.25, 3, 2)

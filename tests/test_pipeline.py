@@ -96,6 +96,9 @@ def test_the_demo_summary_comes_from_the_harness(tiny_ckpt, medsynth_dir, tmp_pa
     assert (summary["closed_chance"], summary["mcq_chance"]) == (0.5, 0.25) and "open_chance" not in summary
     for task in ("closed", "open", "mcq"):   # the image-free guess, from MedSynth's training answers
         assert summary[f"{task}_prior"] == with_images["by_task"][task]["prior_accuracy"]
+    mcq = with_images["by_task"]["mcq"]   # binding errors, when there are wrong answers
+    assert summary.get("mcq_wrong_letter_right_text") == mcq.get("wrong_letter_right_text")
+    assert summary.get("mcq_wrong") == mcq.get("wrong") and ("mcq_wrong" in summary) == (mcq["accuracy"] < 1)
     assert summary["figure"] == str(out / "learning.png") and (out / "learning.png").is_file()
     assert summary["curves"] == []   # no stage trained here
     assert summary["checkpoint"] == str(tiny_ckpt) and summary["evaluation"] == str(out / "eval")

@@ -89,7 +89,8 @@ def demo_summary(harness: dict[str, Any], name: str = "medsynth") -> dict[str, A
 
     Per task ``t`` of ``by_task``: ``t_accuracy`` (+ ``_ci95``), ``t_accuracy_images_blanked`` (+ ``_ci95``),
     ``t_accuracy_images_minus_blanked`` (+ ``_ci95``: paired), ``t_unparseable`` (no final channel or no
-    answer in it; + ``_images_blanked``), ``n_t``, ``t_chance``, ``t_prior`` (the best image-free guess);
+    answer in it; + ``_images_blanked``), ``n_t``, ``t_chance``, ``t_prior`` (the best image-free guess),
+    for multiple choice ``t_wrong`` and ``t_wrong_letter_right_text`` (wrong answers naming the right option);
     reports: ``report_f1`` (finding F1, the same set of keys) and ``n_report``."""
     from medgpt_oss.eval.runner import BLANK_SUFFIX
 
@@ -124,6 +125,9 @@ def demo_summary(harness: dict[str, Any], name: str = "medsynth") -> dict[str, A
             out[f"{task}_chance"] = CHANCE[task]
         if "prior_accuracy" in split:   # the training answer to the same question, no image (eval/benchmarks)
             out[f"{task}_prior"] = split["prior_accuracy"]
+        if "wrong_letter_right_text" in split:   # multiple choice: right option text under a wrong letter
+            out[f"{task}_wrong"] = split["wrong"]
+            out[f"{task}_wrong_letter_right_text"] = split["wrong_letter_right_text"]
     put("report_f1", with_images, "finding_f1")
     put("report_f1", blanked, "finding_f1", "_images_blanked")
     put_difference("report_f1", "finding_f1")

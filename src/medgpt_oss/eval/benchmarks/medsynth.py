@@ -163,6 +163,11 @@ images/...                   (generate with: python -m medgpt_oss.data.medsynth,
 
     def score(self, item: EvalItem, output: str | None) -> dict[str, Any]:
         scored = super().score(item, output)
+        if item.kind == "mcq" and item.options and item.gold in item.options:
+            # does the reply name the right option's text (whatever letter it gives)? A wrong letter with the
+            # right text is a binding error: the finding was seen, the letter not matched to it
+            text = item.options[item.gold].lower()
+            scored["scores"] = {**scored["scores"], "names_gold_text": text in (output or "").lower()}
         if item.kind == "report":
             from medgpt_oss.data.medsynth.text import findings_from_report
 
@@ -182,6 +187,11 @@ images/...                   (generate with: python -m medgpt_oss.data.medsynth,
                      if (r.get("groups") or {}).get("task") == task and str(r["id"]) in self.prior_correct]
             if prior:
                 split["prior_accuracy"] = sum(prior) / len(prior)
+            wrong = [r for r in scored if (r.get("groups") or {}).get("task") == task and r.get("kind") == "mcq"
+                     and r.get("correct") is False and "names_gold_text" in (r.get("scores") or {})]
+            if wrong:
+                split["wrong"] = len(wrong)
+                split["wrong_letter_right_text"] = sum(bool(r["scores"]["names_gold_text"]) for r in wrong)
         reports = self._finding_rows(scored)
         if reports:
             out["finding_f1"] = finding_f1([r["scores"]["findings"]["output"] for r in reports],
