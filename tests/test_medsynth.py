@@ -164,6 +164,8 @@ def test_every_record_is_well_formed(medsynth, records):
             assert sorted(r["options"]) == ["A", "B", "C", "D"]
             assert len(set(r["options"].values())) == 4
             assert conv[1]["value"] == f"{r['answer']}. {r['options'][r['answer']]}"
+            # reasoned in the analysis channel first: the option's text, then its letter
+            assert conv[1]["thinking"] == f"{r['options'][r['answer']]} is option {r['answer']}."
             assert all(f"{k}. {v}" in conv[0]["value"] for k, v in r["options"].items())
         if r["task"] in ("multiview_report", "longitudinal"):
             assert len(images) == 2

@@ -71,6 +71,15 @@ def _conv(*turns: str) -> list[dict[str, str]]:
     return [{"from": "human" if i % 2 == 0 else "gpt", "value": t} for i, t in enumerate(turns)]
 
 
+def _mcq_conv(question: str, letter: str, options: dict[str, str]) -> list[dict[str, str]]:
+    """A multiple-choice exchange whose answer is reasoned first in the analysis channel, as GPT-oss does:
+    the option's text (what the image shows), then its letter, looked up among the options; the final answer
+    repeats them. Naming the text before the letter splits seeing from matching."""
+    conv = _conv("<image>\n" + question, f"{letter}. {options[letter]}")
+    conv[1]["thinking"] = f"{options[letter]} is option {letter}."
+    return conv
+
+
 def _mcq(rng: np.random.Generator, question: str, correct: str, distractors: list[str]) -> tuple[str, str, dict]:
     letters = "ABCD"
     gold = int(rng.integers(4))
@@ -186,13 +195,11 @@ def case_records(case: dict[str, Any], seed: int, images: dict[str, str]) -> lis
     else:
         distract = [v for k, v in MODALITY_NAMES.items() if k != m]
         q, letter, options = _mcq(rng, "What is the imaging modality of this image?", mod_name, distract)
-        rec("mcq-modality", main, _conv("<image>\n" + q, f"{letter}. {mod_name}"), "mcq", answer=letter,
-            options=options)
+        rec("mcq-modality", main, _mcq_conv(q, letter, options), "mcq", answer=letter, options=options)
     finding_mcq = _finding_mcq(rng, f)
     if finding_mcq is not None:
         q, letter, options = finding_mcq
-        rec("mcq-finding", main, _conv("<image>\n" + q, f"{letter}. {options[letter]}"), "mcq", answer=letter,
-            options=options)
+        rec("mcq-finding", main, _mcq_conv(q, letter, options), "mcq", answer=letter, options=options)
 
     # multiturn: 2-3 questions about the same image, follow-ups only where they make sense
     qa: list[tuple[str, str, str]] = []
