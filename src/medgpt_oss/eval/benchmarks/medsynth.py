@@ -187,8 +187,8 @@ images/...                   (generate with: python -m medgpt_oss.data.medsynth,
                      if (r.get("groups") or {}).get("task") == task and str(r["id"]) in self.prior_correct]
             if prior:
                 split["prior_accuracy"] = sum(prior) / len(prior)
-            wrong = [r for r in scored if (r.get("groups") or {}).get("task") == task and r.get("kind") == "mcq"
-                     and r.get("correct") is False and "names_gold_text" in (r.get("scores") or {})]
+            wrong = [r for r in scored if (r.get("groups") or {}).get("task") == task and r.get("correct") is False
+                     and "names_gold_text" in (r.get("scores") or {})]   # set for multiple choice only
             if wrong:
                 split["wrong"] = len(wrong)
                 split["wrong_letter_right_text"] = sum(bool(r["scores"]["names_gold_text"]) for r in wrong)
