@@ -19,7 +19,7 @@ from PIL import Image
 from medgpt_oss.data.medsynth import generate
 from medgpt_oss.data.medsynth.__main__ import main
 from medgpt_oss.data.medsynth.cases import CHANGES, SPLITS, sample_case
-from medgpt_oss.data.medsynth.drawing import render_case
+from medgpt_oss.data.medsynth.drawing import case_views, image_path, render_case
 from medgpt_oss.data.medsynth.records import FINDING_NAMES, NO_FINDING, TASKS, case_records
 from medgpt_oss.data.medsynth.text import CHANGE_SENTENCES, findings_from_report, report_text
 from medgpt_oss.data.jsonl import read_jsonl
@@ -432,12 +432,16 @@ def _records_without_images(split: str, indices: range) -> list[dict]:
     out = []
     for i in indices:
         case = sample_case(0, split, i)
-        views = {"cxr": ["frontal", "lateral"], "ct": ["axial"], "mri": ["axial"], "pathology": ["patch"]}
-        names = views[case["modality"]]
-        if case.get("prior"):
-            names += ["prior_frontal", "prior_lateral"] + [f"older{k:02d}_frontal" for k in range(len(case["older"]))]
-        out += case_records(case, 0, {v: f"images/{split}/{i:06d}_{v}.png" for v in names})
+        out += case_records(case, 0, {v: image_path(split, i, v) for v in case_views(case)})
     return out
+
+
+def test_case_views_name_what_render_case_draws():
+    cases = [sample_case(0, "train", i) for i in range(60)]
+    kinds = {(c["modality"], bool(c.get("prior")), bool(c.get("older"))) for c in cases}
+    assert {("cxr", True, True), ("cxr", False, False), ("ct", False, False), ("pathology", False, False)} <= kinds
+    for case in cases:
+        assert case_views(case) == list(render_case(case, 0, 16))
 
 
 def test_multiple_choice_options_do_not_give_the_answer_away():

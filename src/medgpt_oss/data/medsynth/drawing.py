@@ -258,8 +258,24 @@ def render_pathology(f: dict, size: int, rng: np.random.Generator) -> Image.Imag
     return Image.fromarray(np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
+def case_views(case: dict[str, Any]) -> list[str]:
+    """The views ``render_case`` draws for a case, in its order: records need the names, not the pixels."""
+    if case["modality"] != "cxr":
+        return [{"ct": "axial", "mri": "axial", "pathology": "patch"}[case["modality"]]]
+    views = ["frontal", "lateral"]
+    if case["prior"]:
+        views += ["prior_frontal", "prior_lateral"]
+        views += [f"older{k:02d}_frontal" for k in range(len(case.get("older", [])))]
+    return views
+
+
+def image_path(split: str, index: int, view: str) -> str:
+    """Where a view of a case is saved, relative to the data set's root."""
+    return f"images/{split}/{index:06d}_{view}.png"
+
+
 def render_case(case: dict[str, Any], seed: int, image_size: int) -> dict[str, Image.Image]:
-    """All images of a case, keyed by view (``frontal``, ``lateral``, ``prior_frontal``, ...)."""
+    """All images of a case, keyed by view (``frontal``, ``lateral``, ``prior_frontal``, ...; see ``case_views``)."""
     img_ss = case_seeds(seed, case["split"], case["index"])[1]
     rngs = [np.random.default_rng(s) for s in img_ss.spawn(4)]
     a, f, m = case["anatomy"], case["findings"], case["modality"]
