@@ -118,9 +118,9 @@ def test_the_headline_at_reduced_scale_images_are_learnt_and_blanked_answers_sit
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_closed"] == 200
-    # run-to-run spread of the recipe: 0.775-0.915 with images (conf/recipe/tiny_headline.yaml)
-    assert summary["closed_accuracy"] >= 0.7, summary
+    # measured runs of the recipe: 0.845-0.935 with images, paired lows 0.265-0.425 (conf/recipe/tiny_headline.yaml)
+    assert summary["closed_accuracy"] >= 0.8, summary
     low, high = summary["closed_accuracy_images_minus_blanked_ci95"]
-    assert low > 0.1, summary
+    assert low > 0.2, summary
     low, high = summary["closed_accuracy_images_blanked_ci95"]
     assert low <= summary["closed_chance"] <= high, summary
