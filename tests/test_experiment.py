@@ -73,6 +73,20 @@ def test_the_suite_and_recipe_follow_scale():
                                                   "mimic_cxr_longitudinal"]
 
 
+def test_the_embedded_recipes_train_a_four_layer_tiny_llm_and_the_tests_default_stays_at_two():
+    """Multiple choice needs the depth (docs/design.md): the demo, the reduced headline and Figure 1's tiny arms
+    all compose experiment=tiny_cpu, which sets it; the plain tiny model the tests train stays at two layers."""
+    def layers(overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("train", overrides=[*overrides, "+stage=instruct"]).llm.tiny.num_hidden_layers
+
+    recipes = [list(OmegaConf.load(CONF_DIR / "recipe" / f"{r}.yaml").common) for r in ("tiny_demo", "tiny_headline")]
+    recipes.append(["scale=tiny", *compose_experiment(["experiment=figure1"]).recipe.common])
+    assert [layers(common) for common in recipes] == [4, 4, 4]
+    assert layers(["scale=tiny"]) == 2
+
+
 def test_a_stopped_stage_resumes_and_finished_ones_are_skipped(tmp_path, monkeypatch):
     from medgpt_oss import experiment
 
